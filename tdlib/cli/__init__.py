@@ -1,0 +1,58 @@
+"""The `tdlib` command line: argument parsing and error reporting only.
+
+Each subcommand lives in its own module of this package with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``; this module wires them
+together. A `UserError` (or an argparse error) becomes one line on stderr
+starting ``error:`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tdlib.errors import UserError
+
+COMMANDS = {
+    "train": "fine-tune a masked language model at every masking ratio",
+    "generate": "write text by iterative unmasking",
+    "evaluate": "likelihood bound and loss per mask ratio of a checkpoint",
+    "monitor": "progress, speed and loss per ratio of a training run",
+    "demo": "the main job: train the smoke/cpu model offline, then generate",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one `error:` line and exit status 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        sys.stderr.write(f"error: {message} (see `tdlib {self.prog.split()[-1]} --help`)\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every subcommand registered."""
+    parser = _Parser(prog="tdlib", description="Text diffusion with masked language models.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"tdlib.cli.{name}")
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `tdlib` and `python -m tdlib`; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
