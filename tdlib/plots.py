@@ -1,0 +1,209 @@
+"""Matplotlib figures of what training and sampling return.
+
+Each function takes plain data (metrics records read from `metrics.jsonl`, or
+schedule names) and returns a `matplotlib.figure.Figure` built without pyplot,
+so nothing leaks into pyplot's global state and a figure lives only as long as
+you hold it. Jupyter displays a returned Figure inline; `save_figure` writes it.
+
+This module is not a trainer or a sampler: it never runs a model. It draws.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from matplotlib import cm, colors
+from matplotlib.figure import Figure
+
+from tdlib.errors import UserError, check
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Read the records of a run's `metrics.jsonl` (a file or its run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    check(path.is_file(), f"no metrics file at {path}; pass a run directory or its {METRICS_FILE}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break  # the writer was killed or is mid-line: the last line may be cut short
+            raise UserError(f"{path}:{number} is not valid JSON ({err.msg}); fix or remove that line") from err
+    return records
+
+
+def eval_records(records: Iterable[dict]) -> list[dict]:
+    """The evaluation records (those carrying `eval_loss_by_ratio`), in file order."""
+    return [r for r in records if "eval_loss_by_ratio" in r]
+
+
+def train_records(records: Iterable[dict]) -> list[dict]:
+    """The training records (those carrying `loss`), in file order."""
+    return [r for r in records if "loss" in r]
+
+
+def _ratios(evals: Sequence[dict]) -> list[float]:
+    return sorted({float(k) for r in evals for k in r["eval_loss_by_ratio"]})
+
+
+def _cmap() -> colors.Colormap:
+    from matplotlib import colormaps
+
+    return colormaps["viridis"]
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="grey")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _loss_by_ratio_axes(fig: Figure, ax, records: Iterable[dict], log_scale: bool) -> None:
+    evals = eval_records(records)
+    ratios = _ratios(evals)
+    if not ratios:
+        _empty(ax, "no evaluation records yet")
+        ax.set_title("Eval loss by mask ratio")
+        return
+    low, high = min(ratios), max(ratios)
+    norm = colors.Normalize(vmin=low - 0.05 if low == high else low, vmax=high + 0.05 if low == high else high)
+    cmap = _cmap()
+    for ratio in ratios:
+        points = [
+            (r["step"], float(v))
+            for r in evals
+            for k, v in r["eval_loss_by_ratio"].items()
+            if float(k) == ratio and v is not None
+        ]
+        steps, losses = zip(*points, strict=True) if points else ((), ())
+        ax.plot(steps, losses, marker="o", markersize=3, color=cmap(norm(ratio)), label=f"t={ratio:g}")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("masked cross-entropy (nats)")
+    ax.set_title("Eval loss by mask ratio t")
+    ax.grid(alpha=0.3)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="mask ratio t")
+
+
+def _training_loss_axes(ax, records: Iterable[dict], log_scale: bool) -> None:
+    train = train_records(records)
+    if not train:
+        _empty(ax, "no training records yet")
+        ax.set_title("Training loss")
+        return
+    steps = [r["step"] for r in train]
+    losses = [float(r["loss"]) for r in train]
+    ax.plot(steps, losses, color="tab:blue", alpha=0.35, label="loss")
+    smooth, average = [], losses[0]
+    for loss in losses:
+        average = 0.9 * average + 0.1 * loss  # exponential moving average, weight 0.1 on the newest
+        smooth.append(average)
+    ax.plot(steps, smooth, color="tab:blue", label="moving average")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+
+
+def loss_by_ratio_figure(records: Iterable[dict], *, log_scale: bool = False) -> Figure:
+    """One line per mask ratio: eval loss against step, coloured by ratio (colorbar)."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    _loss_by_ratio_axes(fig, fig.add_subplot(), list(records), log_scale)
+    return fig
+
+
+def training_loss_figure(records: Iterable[dict], *, log_scale: bool = False) -> Figure:
+    """Training loss against step, raw and smoothed."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    _training_loss_axes(fig.add_subplot(), list(records), log_scale)
+    return fig
+
+
+def final_loss_by_ratio_figure(records: Iterable[dict]) -> Figure:
+    """Loss against mask ratio at the latest evaluation: harder (higher t) costs more."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    evals = eval_records(records)
+    ax.set_title("Eval loss by mask ratio")
+    if not evals:
+        _empty(ax, "no evaluation records yet")
+        return fig
+    last = evals[-1]
+    points = sorted((float(k), float(v)) for k, v in last["eval_loss_by_ratio"].items() if v is not None)
+    ratios, losses = zip(*points, strict=True)
+    ax.plot(ratios, losses, marker="o", color="tab:purple")
+    ax.set_xlabel("mask ratio t")
+    ax.set_ylabel("masked cross-entropy (nats)")
+    ax.set_title(f"Eval loss by mask ratio at step {last['step']}")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def run_summary_figure(records: Iterable[dict], *, log_scale: bool = False) -> Figure:
+    """Training loss and eval loss by ratio side by side, for looking at a run."""
+    records = list(records)
+    fig = Figure(figsize=(12, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    _training_loss_axes(left, records, log_scale)
+    _loss_by_ratio_axes(fig, right, records, log_scale)
+    return fig
+
+
+def schedule_figure(schedules: Sequence[str], num_steps: int, num_masked: int) -> Figure:
+    """Fraction still masked after each step (left) and tokens revealed per step (right)."""
+    from tdlib.schedules import masked_counts
+
+    check(num_steps >= 1, f"num_steps must be at least 1, got {num_steps}")
+    check(num_masked >= 0, f"num_masked must be non-negative, got {num_masked}")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    width = 0.8 / max(len(schedules), 1)
+    for i, name in enumerate(schedules):
+        counts = masked_counts(name, num_masked, num_steps)  # length num_steps + 1
+        steps = range(num_steps + 1)
+        left.plot(steps, [c / max(num_masked, 1) for c in counts], marker="o", markersize=3, label=name)
+        revealed = [counts[s - 1] - counts[s] for s in range(1, num_steps + 1)]
+        offsets = [s + (i - (len(schedules) - 1) / 2) * width for s in range(1, num_steps + 1)]
+        right.bar(offsets, revealed, width=width, label=name)
+    left.set_xlabel("step s")
+    left.set_ylabel("fraction still masked")
+    left.set_ylim(-0.03, 1.03)
+    left.set_title(f"Still masked after step s of {num_steps}")
+    left.grid(alpha=0.3)
+    left.legend()
+    right.set_xlabel("step s")
+    right.set_ylabel("tokens revealed at step s")
+    right.set_title(f"Revealed per step ({num_masked} masked tokens)")
+    right.grid(alpha=0.3, axis="y")
+    right.legend()
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (for an ipywidgets Image)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write the figure to `path` (format from the suffix), creating folders; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path

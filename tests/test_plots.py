@@ -1,0 +1,148 @@
+"""Tests for tdlib.plots: reading metrics and building figures without pyplot."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+from matplotlib.figure import Figure
+
+from tdlib import plots
+from tdlib.errors import UserError
+
+RATIOS = ("1.0", "0.7", "0.4", "0.1")
+
+
+def make_records(num_evals: int = 3) -> list[dict]:
+    """A small run: a start line, training lines every step, eval lines every 10 steps."""
+    records = [{"step": 0, "event": "start", "config": {}, "max_steps": 10 * num_evals}]
+    for step in range(1, 10 * num_evals + 1):
+        records.append({"step": step, "loss": 5.0 / step**0.5, "lr": 1e-4, "tokens_per_s": 900.0,
+                        "epoch": step / 100, "elapsed_s": step * 0.5})
+        if step % 10 == 0:
+            losses = {r: float(r) * 6.0 / (step / 10) + 1.0 for r in RATIOS}
+            records.append({"step": step, "eval_loss_by_ratio": losses, "nelbo_bits_per_char": 2.0})
+    return records
+
+
+def write_metrics(path, records, tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail, encoding="utf-8")
+
+
+@pytest.fixture
+def schedules(monkeypatch):
+    """The sampler's tdlib.schedules, or a linear stand-in until it exists."""
+    try:
+        import tdlib.schedules as module
+    except ImportError:
+        module = types.ModuleType("tdlib.schedules")
+
+        def masked_counts(schedule, num_masked, num_steps):
+            return [round(num_masked * (1 - s / num_steps)) for s in range(num_steps + 1)]
+
+        module.masked_counts = masked_counts
+        module.SCHEDULES = ("linear",)
+        monkeypatch.setitem(sys.modules, "tdlib.schedules", module)
+    return module
+
+
+def test_read_metrics_from_run_dir_and_file(tmp_path):
+    records = make_records()
+    write_metrics(tmp_path / "metrics.jsonl", records)
+    assert plots.read_metrics(tmp_path) == records
+    assert plots.read_metrics(tmp_path / "metrics.jsonl") == records
+
+
+def test_read_metrics_tolerates_truncated_last_line(tmp_path):
+    records = make_records(1)
+    write_metrics(tmp_path / "metrics.jsonl", records, tail='{"step": 11, "lo')
+    assert plots.read_metrics(tmp_path) == records
+
+
+def test_read_metrics_rejects_corrupt_middle_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(UserError, match=":2 is not valid JSON"):
+        plots.read_metrics(tmp_path)
+
+
+def test_read_metrics_missing_file_is_user_error(tmp_path):
+    with pytest.raises(UserError, match="no metrics file"):
+        plots.read_metrics(tmp_path / "nowhere")
+
+
+def test_record_filters():
+    records = make_records(2)
+    assert [r["step"] for r in plots.eval_records(records)] == [10, 20]
+    assert len(plots.train_records(records)) == 20
+
+
+def test_loss_by_ratio_figure_one_line_per_ratio_and_colorbar():
+    fig = plots.loss_by_ratio_figure(make_records(), log_scale=True)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == len(RATIOS)
+    assert {line.get_label() for line in ax.get_lines()} == {"t=1", "t=0.7", "t=0.4", "t=0.1"}
+    assert ax.get_yscale() == "log"
+    assert len(fig.axes) == 2  # the plot and its colorbar
+    colours = {line.get_color() for line in ax.get_lines()}
+    assert len(colours) == len(RATIOS)
+    line = next(line for line in ax.get_lines() if line.get_label() == "t=0.4")
+    assert list(line.get_xdata()) == [10, 20, 30]
+
+
+def test_figures_do_not_touch_pyplot_state():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    plots.loss_by_ratio_figure(make_records())
+    plots.training_loss_figure(make_records())
+    plots.final_loss_by_ratio_figure(make_records())
+    plots.run_summary_figure(make_records())
+    assert plt.get_fignums() == before
+
+
+def test_training_loss_figure():
+    ax = plots.training_loss_figure(make_records()).axes[0]
+    raw, smooth = ax.get_lines()
+    assert len(raw.get_xdata()) == 30
+    assert smooth.get_ydata()[-1] > raw.get_ydata()[-1]  # the moving average lags a falling loss
+
+
+def test_final_loss_by_ratio_uses_latest_eval():
+    ax = plots.final_loss_by_ratio_figure(make_records()).axes[0]
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [0.1, 0.4, 0.7, 1.0]
+    assert line.get_ydata()[-1] == pytest.approx(1.0 * 6.0 / 3 + 1.0)
+    assert "step 30" in ax.get_title()
+
+
+def test_empty_records_give_a_figure_saying_so():
+    for make in (plots.loss_by_ratio_figure, plots.training_loss_figure, plots.final_loss_by_ratio_figure):
+        fig = make([])
+        assert "yet" in fig.axes[0].texts[0].get_text()
+
+
+def test_schedule_figure(schedules):
+    names = tuple(schedules.SCHEDULES)
+    fig = plots.schedule_figure(names, num_steps=8, num_masked=32)
+    left, right = fig.axes
+    assert len(left.get_lines()) == len(names)
+    fractions = left.get_lines()[0].get_ydata()
+    assert fractions[0] == 1.0 and fractions[-1] == 0.0
+    assert len(right.patches) == 8 * len(names)
+    assert sum(p.get_height() for p in right.patches[:8]) == 32  # every masked token revealed once
+
+
+def test_schedule_figure_rejects_zero_steps(schedules):
+    with pytest.raises(UserError, match="num_steps"):
+        plots.schedule_figure(["linear"], num_steps=0, num_masked=4)
+
+
+def test_save_figure_and_png(tmp_path):
+    fig = plots.run_summary_figure(make_records())
+    path = plots.save_figure(fig, tmp_path / "sub" / "run.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.figure_png(fig)[:4] == b"\x89PNG"
+
