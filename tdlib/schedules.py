@@ -1,0 +1,61 @@
+"""Unmasking schedules: how many tokens are still masked after each sampling step.
+
+A schedule is a function f(s/S) in [0, 1], the fraction of the generated positions
+still masked after step s of S (f(0) = 1, f(1) = 0, non-increasing). With
+r = s/S:
+
+- ``linear``:      f(r) = 1 - r                        (the same number revealed every step)
+- ``cosine``:      f(r) = cos(pi/2 * r)                (MaskGIT's curvature: few tokens early,
+                                                        many late; other codebases call
+                                                        1 - sin(pi/2 * r) "cosine", which has
+                                                        the opposite curvature)
+- ``exponential``: f(r) = (exp(-k r) - exp(-k)) / (1 - exp(-k)),  k = 5
+                                                       (many tokens early, few late)
+
+`masked_counts` turns a schedule into whole numbers of masked tokens per step.
+This module knows nothing about models or tokens; `tdlib.sample` uses it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tdlib.errors import UserError
+
+SCHEDULES = ("linear", "cosine", "exponential")
+EXPONENTIAL_K = 5.0  # rate k of the exponential schedule
+
+
+def fraction_masked(schedule: str, s: int, num_steps: int) -> float:
+    """Fraction of generated positions still masked after step ``s`` of ``num_steps``."""
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if num_steps < 1:
+        raise UserError(f"the number of steps must be at least 1, got {num_steps}")
+    r = min(max(s / num_steps, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - r
+    if schedule == "cosine":
+        # MaskGIT: masked = cos(pi/2 * s/S); cos(pi/2) is 6e-17, so pin the end to exactly 0
+        return 0.0 if r == 1.0 else math.cos(math.pi / 2 * r)
+    k = EXPONENTIAL_K
+    return (math.exp(-k * r) - math.exp(-k)) / (1.0 - math.exp(-k))
+
+
+def masked_counts(schedule: str, num_masked: int, num_steps: int) -> list[int]:
+    """Masked-token counts after steps 0..num_steps: starts at ``num_masked``, ends at 0.
+
+    count[s] = round(num_masked * f(s/S)), then adjusted so the counts never increase
+    and, when ``num_masked >= num_steps``, every step reveals at least one token (so
+    exactly ``num_steps`` forward passes unmask everything). With fewer masked tokens
+    than steps some steps reveal nothing.
+    """
+    if num_masked < 0:
+        raise UserError(f"the number of masked tokens must be >= 0, got {num_masked}")
+    counts = [num_masked]
+    for s in range(1, num_steps + 1):
+        target = round(num_masked * fraction_masked(schedule, s, num_steps))
+        low = num_steps - s if num_masked >= num_steps else 0  # leave one token per remaining step
+        high = counts[-1] - 1 if num_masked >= num_steps else counts[-1]  # reveal >= 1 per step
+        counts.append(min(max(target, low), high))
+    return counts
