@@ -39,7 +39,9 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break  # the writer was killed or is mid-line: the last line may be cut short
-            raise UserError(f"{path}:{number} is not valid JSON ({err.msg}); fix or remove that line") from err
+            raise UserError(
+                f"{path}:{number} is not valid JSON ({err.msg}); fix or remove that line"
+            ) from err
     return records
 
 
@@ -77,7 +79,9 @@ def _loss_by_ratio_axes(fig: Figure, ax, records: Iterable[dict], log_scale: boo
         ax.set_title("Eval loss by mask ratio")
         return
     low, high = min(ratios), max(ratios)
-    norm = colors.Normalize(vmin=low - 0.05 if low == high else low, vmax=high + 0.05 if low == high else high)
+    norm = colors.Normalize(
+        vmin=low - 0.05 if low == high else low, vmax=high + 0.05 if low == high else high
+    )
     cmap = _cmap()
     for ratio in ratios:
         points = [
@@ -87,7 +91,9 @@ def _loss_by_ratio_axes(fig: Figure, ax, records: Iterable[dict], log_scale: boo
             if float(k) == ratio and v is not None
         ]
         steps, losses = zip(*points, strict=True) if points else ((), ())
-        ax.plot(steps, losses, marker="o", markersize=3, color=cmap(norm(ratio)), label=f"t={ratio:g}")
+        ax.plot(
+            steps, losses, marker="o", markersize=3, color=cmap(norm(ratio)), label=f"t={ratio:g}"
+        )
     if log_scale:
         ax.set_yscale("log")
     ax.set_xlabel("training step")
@@ -144,7 +150,9 @@ def final_loss_by_ratio_figure(records: Iterable[dict]) -> Figure:
         _empty(ax, "no evaluation records yet")
         return fig
     last = evals[-1]
-    points = sorted((float(k), float(v)) for k, v in last["eval_loss_by_ratio"].items() if v is not None)
+    points = sorted(
+        (float(k), float(v)) for k, v in last["eval_loss_by_ratio"].items() if v is not None
+    )
     ratios, losses = zip(*points, strict=True)
     ax.plot(ratios, losses, marker="o", color="tab:purple")
     ax.set_xlabel("mask ratio t")
@@ -176,7 +184,9 @@ def schedule_figure(schedules: Sequence[str], num_steps: int, num_masked: int) -
     for i, name in enumerate(schedules):
         counts = masked_counts(name, num_masked, num_steps)  # length num_steps + 1
         steps = range(num_steps + 1)
-        left.plot(steps, [c / max(num_masked, 1) for c in counts], marker="o", markersize=3, label=name)
+        left.plot(
+            steps, [c / max(num_masked, 1) for c in counts], marker="o", markersize=3, label=name
+        )
         revealed = [counts[s - 1] - counts[s] for s in range(1, num_steps + 1)]
         offsets = [s + (i - (len(schedules) - 1) / 2) * width for s in range(1, num_steps + 1)]
         right.bar(offsets, revealed, width=width, label=name)

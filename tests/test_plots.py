@@ -19,8 +19,16 @@ def make_records(num_evals: int = 3) -> list[dict]:
     """A small run: a start line, training lines every step, eval lines every 10 steps."""
     records = [{"step": 0, "event": "start", "config": {}, "max_steps": 10 * num_evals}]
     for step in range(1, 10 * num_evals + 1):
-        records.append({"step": step, "loss": 5.0 / step**0.5, "lr": 1e-4, "tokens_per_s": 900.0,
-                        "epoch": step / 100, "elapsed_s": step * 0.5})
+        records.append(
+            {
+                "step": step,
+                "loss": 5.0 / step**0.5,
+                "lr": 1e-4,
+                "tokens_per_s": 900.0,
+                "epoch": step / 100,
+                "elapsed_s": step * 0.5,
+            }
+        )
         if step % 10 == 0:
             losses = {r: float(r) * 6.0 / (step / 10) + 1.0 for r in RATIOS}
             records.append({"step": step, "eval_loss_by_ratio": losses, "nelbo_bits_per_char": 2.0})
@@ -119,7 +127,11 @@ def test_final_loss_by_ratio_uses_latest_eval():
 
 
 def test_empty_records_give_a_figure_saying_so():
-    for make in (plots.loss_by_ratio_figure, plots.training_loss_figure, plots.final_loss_by_ratio_figure):
+    for make in (
+        plots.loss_by_ratio_figure,
+        plots.training_loss_figure,
+        plots.final_loss_by_ratio_figure,
+    ):
         fig = make([])
         assert "yet" in fig.axes[0].texts[0].get_text()
 
@@ -145,4 +157,3 @@ def test_save_figure_and_png(tmp_path):
     path = plots.save_figure(fig, tmp_path / "sub" / "run.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.figure_png(fig)[:4] == b"\x89PNG"
-

@@ -1,0 +1,371 @@
+"""Tests for tdlib.widgets: pure HTML renderers and widget shells, no browser."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from tdlib import widgets
+from tdlib.errors import UserError
+
+WORDS = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "the",
+    "cat",
+    "##s",
+    "sat",
+    "on",
+    "mat",
+    ".",
+    "<b>",
+    "dog",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A tiny BERT-style WordPiece tokenizer: [CLS] x [SEP], '##' continuations."""
+    backend = Tokenizer(models.WordPiece({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A tiny RoBERTa-style byte-level BPE tokenizer: <s> x </s>, 'Ġ' marks a leading space."""
+    vocab = {
+        w: i
+        for i, w in enumerate(
+            [
+                "<s>",
+                "<pad>",
+                "</s>",
+                "<unk>",
+                "<mask>",
+                "The",
+                "Ġcat",
+                "s",
+                "Ġsat",
+                "ĠcafÃ©",
+                "Ġ<",
+                "b",
+                ">",
+                "Ċ",
+            ]
+        )
+    }
+    backend = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+
+
+def ids(tokenizer, text: str) -> list[int]:
+    return tokenizer.convert_tokens_to_ids(text.split())
+
+
+def make_trajectory(
+    tokenizer, finals: list[str], reveal_order: list[list[list[int]]], given: list[int]
+):
+    """A hand-built trajectory: each sample's positions in `reveal_order[b][s-1]` appear at step s."""
+    x0 = torch.tensor([ids(tokenizer, f) for f in finals])  # (B, L)
+    mask_id = tokenizer.mask_token_id
+    num_steps = len(reveal_order[0])
+    batch, length = x0.shape
+    revealed = torch.zeros(num_steps + 1, batch, length, dtype=torch.bool)
+    for b, steps in enumerate(reveal_order):
+        for s, positions in enumerate(steps, start=1):
+            revealed[s, b, positions] = True
+    ever = revealed.any(0)  # (B, L)
+    tokens = x0.expand(num_steps + 1, batch, length).clone()
+    probs = torch.full(tokens.shape, float("nan"))
+    for s in range(num_steps + 1):
+        later = revealed[s + 1 :].any(0) if s < num_steps else torch.zeros_like(ever)
+        tokens[s][later] = mask_id
+        probs[s][ever & ~later] = 0.9
+    given_mask = torch.zeros(batch, length, dtype=torch.bool)
+    given_mask[:, given] = True
+    return SimpleNamespace(
+        tokens=tokens, revealed=revealed, probs=probs, mask_id=mask_id, given=given_mask
+    )
+
+
+@pytest.fixture
+def trajectory(tokenizer):
+    finals = ["[CLS] the cat ##s sat on mat . [SEP]", "[CLS] the dog sat on the mat . [SEP]"]
+    order = [[[4, 6], [2, 5], [3, 7]], [[2, 7], [3, 5], [4, 6]]]
+    return make_trajectory(tokenizer, finals, order, given=[1])
+
+
+# ---------------------------------------------------------------- display pieces
+
+
+def test_display_words_wordpiece():
+    pieces = ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]", "[PAD]"]
+    assert widgets.display_words(pieces) == ["the", "cats", "sat."]
+
+
+def test_display_words_byte_level_bpe():
+    pieces = ["<s>", "The", "Ġcat", "s", "Ġsat", "ĠcafÃ©", "Ġ<", "b", ">", "</s>", "<pad>"]
+    assert widgets.display_words(pieces) == ["The", "cats", "sat", "café", "<b>"]
+
+
+def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
+    assert widgets.tokenizer_style(tokenizer) == "wordpiece"
+    assert widgets.tokenizer_style(bpe_tokenizer) == "bpe"
+    bpe = widgets.token_pieces(
+        bpe_tokenizer, bpe_tokenizer.convert_tokens_to_ids(["<s>", "The", "s", "<mask>"])
+    )
+    assert [(p.text, p.joins, p.hidden) for p in bpe] == [
+        ("<s>", False, True),
+        ("The", True, False),
+        ("s", True, False),
+        ("<mask>", True, False),
+    ]
+    wp = widgets.token_pieces(tokenizer, ids(tokenizer, "[CLS] cat ##s [MASK]"))
+    assert [p.hidden for p in wp] == [True, False, False, False]  # the mask is never hidden
+
+
+def test_token_pieces_with_a_fake_tokenizer():
+    fake = SimpleNamespace(
+        convert_ids_to_tokens=lambda ids: [["<s>", "Ġhi", "</s>"][i] for i in ids],
+        all_special_ids=[0, 2],
+        mask_token_id=None,
+    )
+    assert [p.text for p in widgets.token_pieces(fake, [0, 1, 2]) if not p.hidden] == ["hi"]
+
+
+# ---------------------------------------------------------------- step renderer
+
+
+def spans(html: str, cls: str) -> list[str]:
+    """The texts of the token spans with class `cls` (the legend left out)."""
+    out, marker = [], f'class="td-tok {cls}"'
+    for part in html.split('class="td-legend"')[0].split(marker)[1:]:
+        out.append(part.split(">", 1)[1].split("</span>", 1)[0])
+    return out
+
+
+def test_step_zero_is_all_masks_except_given(trajectory, tokenizer):
+    html = widgets.render_step_html(trajectory, 0, tokenizer, sample=0)
+    assert spans(html, "td-given") == ["the"]
+    assert len(spans(html, "td-mask")) == 6
+    assert spans(html, "td-new") == [] and spans(html, "td-old") == []
+    assert "[CLS]" not in html and "[SEP]" not in html
+    assert "step 0 / 3" in html and "td-legend" in html
+
+
+def test_revealed_at_step_are_marked_and_earlier_are_plain(trajectory, tokenizer):
+    html = widgets.render_step_html(trajectory, 2, tokenizer, sample=0)
+    assert spans(html, "td-new") == ["cat", "on"]
+    assert spans(html, "td-old") == ["sat", "mat"]
+    assert len(spans(html, "td-mask")) == 2
+    assert 'title="p=0.90"' in html and "rgba(255,150,30,0.92)" in html  # shaded by probability
+    html = widgets.render_step_html(trajectory, 3, tokenizer, sample=0)
+    assert spans(html, "td-new") == ["s", "."]  # '##s' is shown without its '##'
+    assert "cat</span><span" in html  # ... and glued onto 'cat'
+
+
+def test_all_samples_when_sample_is_none(trajectory, tokenizer):
+    html = widgets.render_step_html(trajectory, 3, tokenizer)
+    assert html.count('class="td-sample"') == 2
+    assert spans(html, "td-new") == ["s", ".", "on", "mat"]  # sample 0 then sample 1
+    assert "sample 1" in html
+
+
+def test_html_is_escaped(tokenizer):
+    traj = make_trajectory(tokenizer, ["[CLS] the <b> [SEP]"], [[[2]]], given=[1])
+    html = widgets.render_step_html(traj, 1, tokenizer)
+    assert spans(html, "td-new") == ["&lt;b&gt;"]
+    assert "<b>" not in html
+    assert "&lt;b&gt;" in widgets.render_final_html(traj, tokenizer)
+
+
+def test_step_out_of_range(trajectory, tokenizer):
+    with pytest.raises(UserError, match="outside 0..3"):
+        widgets.render_step_html(trajectory, 4, tokenizer)
+    with pytest.raises(UserError, match="out of range"):
+        widgets.render_step_html(trajectory, 0, tokenizer, sample=5)
+
+
+def test_render_final_shades_by_reveal_step(trajectory, tokenizer):
+    assert widgets.reveal_steps(trajectory)[0].tolist() == [0, 0, 2, 3, 1, 2, 1, 3, 0]
+    html = widgets.render_final_html(trajectory, tokenizer, sample=0)
+    assert spans(html, "td-final") == ["cat", "s", "sat", "on", "mat", "."]
+    assert 'title="revealed at step 1, p=0.90"' in html
+    assert spans(html, "td-given") == ["the"]
+    assert "after 3 steps" in html and spans(html, "td-mask") == []
+
+
+def test_renders_a_bpe_trajectory(bpe_tokenizer):
+    traj = make_trajectory(bpe_tokenizer, ["<s> The Ġcat s Ġsat </s>"], [[[2, 3], [4]]], given=[1])
+    html = widgets.render_step_html(traj, 1, bpe_tokenizer)
+    assert spans(html, "td-new") == ["cat", "s"]
+    assert "Ġ" not in html and "&lt;s&gt;" not in html
+
+
+# ---------------------------------------------------------------- widget shells
+
+
+def test_scrubber_slider_updates_html(trajectory, tokenizer):
+    scrubber = widgets.DenoisingScrubber(trajectory, tokenizer, sample=0)
+    assert scrubber.slider.max == scrubber.play.max == 3
+    start = scrubber.html.value
+    assert start == widgets.render_step_html(trajectory, 0, tokenizer, sample=0)
+    scrubber.slider.value = 2
+    assert scrubber.html.value == widgets.render_step_html(trajectory, 2, tokenizer, sample=0)
+    scrubber.set_step(3)
+    assert scrubber.step == 3 and "step 3 / 3" in scrubber.html.value
+    assert scrubber.final_html == widgets.render_final_html(trajectory, tokenizer, sample=0)
+    assert scrubber.widget.children[1] is scrubber.html
+
+
+def record(step, **fields):
+    return {"step": step, **fields}
+
+
+def test_live_loss_view_redraws_on_eval(tmp_path):
+    view = widgets.LiveLossView()
+    view(record(0, event="start", config={}, max_steps=20))
+    view(record(1, loss=4.0, lr=1e-4, tokens_per_s=1000.0))
+    assert "loss 4.0000" in view.status.value and view.image.value == b""
+    view(record(10, eval_loss_by_ratio={"1.0": 5.0, "0.5": 3.0}, nelbo_bits_per_char=2.5))
+    first = view.image.value
+    assert first[:4] == b"\x89PNG" and "2.500 bits/char" in view.status.value
+    view(record(20, eval_loss_by_ratio={"1.0": 4.0, "0.5": 2.0}, nelbo_bits_per_char=2.0))
+    assert view.image.value != first
+    assert len(view.records) == 4
+    assert len(view.figure().axes) == 3  # training loss, eval by ratio, colorbar
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in view.records))
+    assert widgets.LiveLossView.from_run(tmp_path).records == view.records
+    assert len(widgets.show_run(tmp_path).axes) == 3
+
+
+def test_schedule_table_and_explorer():
+    html = widgets.schedule_table_html("linear", 4, 8)
+    assert html.count("<tr class='td-step'>") == 5
+    assert (
+        "<td style='padding:0 8px;text-align:right;'>2</td>" in html
+    )  # linear: 2 revealed per step
+    explorer = widgets.ScheduleExplorer(schedule="linear", num_steps=4, num_masked=8)
+    assert explorer.table.value == html and explorer.image.value[:4] == b"\x89PNG"
+    explorer.num_steps.value = 8
+    assert explorer.table.value == widgets.schedule_table_html("linear", 8, 8)
+    explorer.schedule.value = "cosine"
+    assert "cosine: 8 masked tokens, 8 steps" in explorer.table.value
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_kept_distribution_nucleus_keeps_the_crossing_token():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    kept_p, kept = widgets.kept_distribution(probs.log(), top_p=0.7)
+    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
+    assert kept_p.tolist() == pytest.approx([0.625, 0.375, 0, 0])
+    assert widgets.kept_distribution(probs.log(), top_p=0.5)[1].tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_kept_distribution_top_k_temperature_greedy():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    assert widgets.kept_distribution(logits, top_k=2)[1].tolist() == [True, True, False, False]
+    assert widgets.kept_distribution(logits, top_k=0)[1].all()
+    hot, _ = widgets.kept_distribution(logits, temperature=10.0)
+    cold, _ = widgets.kept_distribution(logits, temperature=0.1)
+    assert hot.max() < torch.softmax(logits.double(), -1).max() < cold.max()
+    greedy, kept = widgets.kept_distribution(logits, temperature=0.0)
+    assert kept.tolist() == [True, False, False, False] and greedy[0] == 1.0
+    assert widgets.kept_distribution(logits, top_k=3, top_p=0.5)[1].sum() == 1  # top-k, then top-p
+
+
+def test_kept_distribution_is_batched():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
+    assert widgets.kept_distribution(logits, top_k=1)[1].tolist() == [
+        [False, False, True],
+        [True, False, False],
+    ]
+
+
+def test_sampling_table_and_explorer(tokenizer):
+    probs = torch.zeros(len(WORDS))
+    probs[[5, 6, 12, 13]] = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    html = widgets.sampling_table_html(
+        probs.clamp_min(1e-12).log(), tokenizer, top_p=0.7, num_candidates=4
+    )
+    assert html.count("class='td-kept'") == 2 and html.count("class='td-dropped'") == 2
+    assert "&lt;b&gt;" in html and "<b>" not in html
+    explorer = widgets.SamplingExplorer(
+        probs, tokenizer, num_candidates=4
+    )  # probabilities detected
+    assert explorer.html.value.count("class='td-kept'") == 4
+    explorer.top_k.value = 1
+    assert explorer.html.value.count("class='td-kept'") == 1 and "top-k=1" in explorer.html.value
+    explorer.top_k.value = 0
+    explorer.top_p.value = 0.7
+    assert explorer.html.value.count("class='td-kept'") == 2
+
+
+# ---------------------------------------------------------------- masking
+
+
+def test_masked_at_ratio_grows_monotonically():
+    x0 = torch.arange(10, 40).unsqueeze(0)  # (1, 30)
+    protected = torch.zeros_like(x0, dtype=torch.bool)
+    protected[0, :3] = True
+    previous = torch.zeros_like(protected)
+    for t in [0.0, 0.1, 0.3, 0.5, 0.8, 1.0]:
+        xt, masked = widgets.masked_at_ratio(x0, t, mask_id=4, protected=protected, seed=7)
+        assert (masked >= previous).all() and not masked[0, :3].any()
+        assert (xt[masked] == 4).all() and (xt[~masked] == x0[~masked]).all()
+        previous = masked
+    assert masked.sum() == 27
+
+
+def test_masking_explorer(tokenizer):
+    explorer = widgets.MaskingExplorer(
+        "the cat sat on the mat .", tokenizer, ratio=0.0, prefix_length=1
+    )
+    assert "0 of 6 maskable" in explorer.html.value and "td-mask" not in explorer.html.value
+    explorer.ratio.value = 1.0
+    assert "6 of 6 maskable" in explorer.html.value
+    assert spans(explorer.html.value, "td-given") == ["the"]
+    assert len(spans(explorer.html.value, "td-mask")) == 6
+
+
+def test_render_tokens_html(tokenizer):
+    row = ids(tokenizer, "[CLS] the cat ##s [SEP]")
+    html = widgets.render_tokens_html(
+        row, tokenizer, masked=[0, 0, 1, 0, 0], protected=[1, 1, 0, 0, 1]
+    )
+    assert spans(html, "td-given") == ["the"] and spans(html, "td-old") == ["s"]
+    assert len(spans(html, "td-mask")) == 1
