@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 
 from tdlib import plots
 from tdlib.errors import check
+from tdlib.sample import SAMPLINGS
 
 HIDDEN_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
 PUNCTUATION = frozenset(".,!?;:)]}%")  # WordPiece splits these off; glue them back on
@@ -594,6 +595,19 @@ def _candidate_label(piece: str) -> str:
     return piece.replace("Ġ", "\u2423").replace("Ċ", "\u21b5")  # ␣ word start, ↵ newline
 
 
+def sampler_settings(sampling: str, temperature: float, top_k: int, top_p: float) -> dict:
+    """The `kept_distribution` arguments for one of `tdlib.sample`'s modes (greedy, topk, nucleus)."""
+    check(
+        sampling in SAMPLINGS,
+        f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}",
+    )
+    if sampling == "greedy":
+        return {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
+    if sampling == "topk":
+        return {"temperature": temperature, "top_k": top_k, "top_p": 1.0}
+    return {"temperature": temperature, "top_k": 0, "top_p": top_p}
+
+
 def sampling_table_html(
     logits,
     tokenizer,
@@ -605,12 +619,8 @@ def sampling_table_html(
     """HTML table of the top candidates: p at T=1, p at temperature T, and the kept, renormalised p."""
     logits = _as_logits(logits, "logits")
     base = torch.softmax(logits, dim=-1)  # (V,)
-    tempered = (
-        torch.softmax(logits / temperature, dim=-1)
-        if temperature > 0
-        else (logits == logits.max()).double()
-    )
     kept_p, kept = kept_distribution(logits, temperature, top_k, top_p)
+    tempered = torch.softmax(logits / temperature, dim=-1) if temperature > 0 else kept_p
     order = base.argsort(descending=True, stable=True)[:num_candidates]
     pieces = tokenizer.convert_ids_to_tokens([int(i) for i in order])
     cell = "padding:0 6px;"
@@ -628,46 +638,63 @@ def sampling_table_html(
             f"<td style='{cell}'>{float(base[i]):.3f}</td><td style='{cell}'>{float(tempered[i]):.3f}</td>"
             f"<td style='{cell}'>{float(kept_p[i]):.3f}</td><td>{bar}</td></tr>"
         )
+    settings = (
+        "greedy"
+        if temperature <= 0
+        else f"T={temperature:g}, top-k={top_k or 'off'}, top-p={top_p:g}"
+    )
     summary = (
-        f"<div class='td-summary' style='font-size:12px;color:#555'>kept {int(kept.sum())} of {kept.numel()} "
-        f"tokens (T={temperature:g}, top-k={top_k or 'off'}, top-p={top_p:g})</div>"
+        f"<div class='td-summary' style='font-size:12px;color:#555'>kept {int(kept.sum())} of "
+        f"{kept.numel()} tokens ({settings})</div>"
     )
     return f"<table class='td-sampling' style='font-size:12px;'>{''.join(rows)}</table>{summary}"
 
 
 class SamplingExplorer:
-    """Temperature, top-k and top-p sliders over one distribution; shows what the sampler keeps."""
+    """The sampler's modes over one distribution: see which tokens greedy, top-k or nucleus keep."""
 
-    def __init__(self, logits_or_probs, tokenizer, *, kind: str = "auto", num_candidates: int = 12):
+    def __init__(
+        self,
+        logits_or_probs,
+        tokenizer,
+        *,
+        kind: str = "auto",
+        sampling: str = "nucleus",
+        num_candidates: int = 12,
+    ):
         self.logits = _as_logits(logits_or_probs, kind)  # (V,)
         self.tokenizer = tokenizer
         self.num_candidates = num_candidates
         vocab = self.logits.numel()
+        self.sampling = widgets.Dropdown(
+            options=list(SAMPLINGS), value=sampling, description="sampling"
+        )
         self.temperature = widgets.FloatSlider(
-            value=1.0, min=0.0, max=3.0, step=0.05, description="temperature"
+            value=1.0, min=0.05, max=3.0, step=0.05, description="temperature"
         )
         self.top_k = widgets.IntSlider(
-            value=0, min=0, max=min(vocab, 100), description="top-k (0=off)"
+            value=min(10, vocab), min=1, max=min(vocab, 100), description="top-k"
         )
         self.top_p = widgets.FloatSlider(
-            value=1.0, min=0.05, max=1.0, step=0.01, description="top-p"
+            value=0.9, min=0.05, max=1.0, step=0.01, description="top-p"
         )
         self.html = widgets.HTML()
-        for control in (self.temperature, self.top_k, self.top_p):
+        for control in (self.sampling, self.temperature, self.top_k, self.top_p):
             control.observe(self._update, names="value")
         self._update()
-        self.widget = widgets.VBox(
-            [widgets.HBox([self.temperature, self.top_k, self.top_p]), self.html]
-        )
+        controls = widgets.HBox([self.sampling, self.temperature, self.top_k, self.top_p])
+        self.widget = widgets.VBox([controls, self.html])
 
     def _update(self, change: dict | None = None) -> None:
+        mode = self.sampling.value
+        self.temperature.disabled = mode == "greedy"
+        self.top_k.disabled = mode != "topk"
+        self.top_p.disabled = mode != "nucleus"
+        settings = sampler_settings(
+            mode, self.temperature.value, self.top_k.value, self.top_p.value
+        )
         self.html.value = sampling_table_html(
-            self.logits,
-            self.tokenizer,
-            self.temperature.value,
-            self.top_k.value,
-            self.top_p.value,
-            self.num_candidates,
+            self.logits, self.tokenizer, **settings, num_candidates=self.num_candidates
         )
 
     def _ipython_display_(self) -> None:

@@ -316,6 +316,30 @@ def test_kept_distribution_is_batched():
     ]
 
 
+def test_kept_set_matches_the_sampler_draws():
+    """Every token tdlib.sample draws lies in the kept set, and every kept token gets drawn."""
+    from tdlib.sample import _draw
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]]).expand(4000, 6)  # (N, V)
+    for sampling, top_k, top_p in [
+        ("topk", 3, 1.0),
+        ("nucleus", 50, 0.6),
+        ("nucleus", 50, 0.9),
+        ("greedy", 1, 1.0),
+    ]:
+        settings = widgets.sampler_settings(sampling, 0.8, top_k, top_p)
+        _, kept = widgets.kept_distribution(logits[0], **settings)
+        drawn, _ = _draw(
+            logits,
+            sampling=sampling,
+            temperature=0.8,
+            top_k=top_k,
+            top_p=top_p,
+            generator=torch.Generator().manual_seed(0),
+        )
+        assert set(drawn.tolist()) == set(kept.nonzero()[:, 0].tolist()), sampling
+
+
 def test_sampling_table_and_explorer(tokenizer):
     probs = torch.zeros(len(WORDS))
     probs[[5, 6, 12, 13]] = torch.tensor([0.5, 0.3, 0.15, 0.05])
@@ -325,14 +349,51 @@ def test_sampling_table_and_explorer(tokenizer):
     assert html.count("class='td-kept'") == 2 and html.count("class='td-dropped'") == 2
     assert "&lt;b&gt;" in html and "<b>" not in html
     explorer = widgets.SamplingExplorer(
-        probs, tokenizer, num_candidates=4
-    )  # probabilities detected
-    assert explorer.html.value.count("class='td-kept'") == 4
-    explorer.top_k.value = 1
-    assert explorer.html.value.count("class='td-kept'") == 1 and "top-k=1" in explorer.html.value
-    explorer.top_k.value = 0
+        probs, tokenizer, sampling="nucleus", num_candidates=4
+    )  # probs detected
+    assert (
+        explorer.html.value.count("class='td-kept'") == 3
+    )  # top-p 0.9: 0.5 + 0.3 + 0.15 crosses it
     explorer.top_p.value = 0.7
     assert explorer.html.value.count("class='td-kept'") == 2
+    explorer.sampling.value = "topk"
+    assert explorer.top_p.disabled and not explorer.top_k.disabled
+    explorer.top_k.value = 1
+    assert explorer.html.value.count("class='td-kept'") == 1 and "top-k=1" in explorer.html.value
+    explorer.sampling.value = "greedy"
+    assert explorer.html.value.count("class='td-kept'") == 1 and "(greedy)" in explorer.html.value
+    with pytest.raises(UserError, match="unknown sampling"):
+        widgets.sampler_settings("beam", 1.0, 1, 1.0)
+
+
+def test_renders_a_trajectory_recorded_by_the_sampler(tokenizer):
+    from tdlib.sample import sample
+
+    def denoiser(xt, attention_mask=None):
+        return torch.randn(
+            *xt.shape, len(WORDS), generator=torch.Generator().manual_seed(1)
+        )  # (B, L, V)
+
+    x_init = torch.tensor(
+        [ids(tokenizer, "[CLS] the [MASK] [MASK] [MASK] [MASK] [MASK] [MASK] [SEP]")] * 2
+    )
+    traj = sample(
+        denoiser,
+        x_init,
+        mask_id=tokenizer.mask_token_id,
+        num_steps=3,
+        forbidden_ids=tokenizer.all_special_ids,
+        generator=torch.Generator().manual_seed(0),
+    )
+    scrubber = widgets.DenoisingScrubber(traj, tokenizer)
+    masks = []
+    for step in range(4):
+        scrubber.set_step(step)
+        html = scrubber.html.value
+        assert len(spans(html, "td-new")) == int(traj.revealed[step].sum())
+        masks.append(len(spans(html, "td-mask")))
+    assert masks == [12, 8, 4, 0]
+    assert spans(scrubber.final_html, "td-given") == ["the", "the"]
 
 
 # ---------------------------------------------------------------- masking
