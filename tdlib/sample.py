@@ -1,0 +1,415 @@
+"""The sampler: write text by iterative unmasking, and record the whole trajectory.
+
+`sample` starts from a canvas whose positions equal to ``mask_id`` are to be
+generated and runs exactly ``num_steps`` denoiser calls. At each step it
+
+1. calls the denoiser once on the whole batch: ``logits = denoiser(xt)  # (B, L, V)``;
+2. draws a token for every candidate position (greedy, top-k or nucleus, at a
+   temperature; forbidden ids get -inf logits);
+3. decides which positions to reveal so that the number still masked follows the
+   schedule (`tdlib.schedules.masked_counts`, counted per row, so rows with
+   different numbers of masks, as in infilling, are fine):
+
+   - ``random``: a uniformly random subset (ancestral sampling; exact with an
+     exact denoiser when one token is revealed per step);
+   - ``confidence``: the highest probability of the drawn token;
+   - ``margin``: the largest top-1 minus top-2 probability;
+   - ``entropy``: the lowest entropy of the position's distribution;
+   - ``resample`` (the seed's method): every generated position is redrawn, then
+     a random subset of the scheduled size is masked again.
+
+   Revealed tokens stay fixed in every strategy but ``resample``.
+
+All samples of a call run as one batch; the only Python loop is over steps.
+Scores ("probabilities") are those of the model's distribution at the chosen
+temperature, softmax(logits / T), before top-k or nucleus truncation.
+Draws use ``torch.multinomial`` with an explicit generator (exact, no Gumbel
+noise), so the same generator seed gives the same output.
+
+`generate` is the high-level entry: tokenizer, canvas, sampling, text. This module
+does not load models or draw anything; `tdlib.widgets` and the CLI render the
+`Trajectory` it returns.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tdlib.errors import check
+from tdlib.schedules import SCHEDULES, masked_counts
+
+STRATEGIES = ("random", "confidence", "margin", "entropy", "resample")
+SAMPLINGS = ("greedy", "topk", "nucleus")
+Denoiser = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Trajectory:
+    """Everything a sampling run did, step by step, for display and analysis."""
+
+    tokens: torch.Tensor  # (S+1, B, L) canvas after each step; tokens[0] is the initial canvas
+    revealed: torch.Tensor  # (S+1, B, L) positions newly revealed (or changed, for resample) at step s
+    probs: torch.Tensor  # (S+1, B, L) probability of the token now shown; nan where masked or given
+    mask_id: int
+    given: torch.Tensor  # (B, L) positions fixed from the start (special tokens, prefix)
+    forward_passes: int
+    seconds: float
+
+    @property
+    def final(self) -> torch.Tensor:
+        """The finished canvas, shape (B, L)."""
+        return self.tokens[-1]
+
+    @property
+    def num_steps(self) -> int:
+        """Number of sampling steps S."""
+        return self.tokens.shape[0] - 1
+
+
+def check_options(
+    *,
+    num_steps: int,
+    schedule: str,
+    strategy: str,
+    sampling: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+) -> None:
+    """Raise `UserError` with a helpful message for any invalid sampler option."""
+    check(num_steps >= 1, f"--steps must be at least 1, got {num_steps}")
+    check(schedule in SCHEDULES, f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check(strategy in STRATEGIES, f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check(sampling in SAMPLINGS, f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
+    check(
+        temperature > 0 and math.isfinite(temperature),
+        f"--temperature must be > 0, got {temperature}; use --sampling greedy for temperature 0",
+    )
+    check(top_k >= 1, f"--top-k must be at least 1, got {top_k}")
+    check(0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}; 1 keeps the whole distribution")
+
+
+def _block_plan(
+    generated: torch.Tensor, num_steps: int, block_length: int | None
+) -> list[tuple[torch.Tensor, int]]:
+    """Column masks of the blocks, left to right, and the number of steps each one gets.
+
+    Blocks are ``block_length`` consecutive columns starting at the first generated
+    column of the batch; the steps are split as evenly as possible, earlier blocks
+    getting one more when they do not divide.
+    """
+    length = generated.shape[1]
+    columns = torch.arange(length, device=generated.device)
+    if block_length is None:
+        return [(torch.ones(length, dtype=torch.bool, device=generated.device), num_steps)]
+    check(block_length >= 1, f"block length must be at least 1, got {block_length}")
+    used = generated.any(0).nonzero()[:, 0]
+    first, last = (int(used[0]), int(used[-1])) if len(used) else (0, length - 1)
+    num_blocks = (last - first) // block_length + 1
+    check(
+        num_steps >= num_blocks,
+        f"{num_blocks} blocks of {block_length} need at least {num_blocks} steps, got {num_steps}",
+    )
+    plan = []
+    for j in range(num_blocks):
+        lo = first + j * block_length
+        cols = (columns >= lo) & (columns < lo + block_length)
+        if j == 0:
+            cols |= columns < first
+        if j == num_blocks - 1:
+            cols |= columns > last
+        plan.append((cols, num_steps // num_blocks + (j < num_steps % num_blocks)))
+    return plan
+
+
+def _step_targets(
+    generated: torch.Tensor, schedule: str, plan: list[tuple[torch.Tensor, int]]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For every step: the active columns (L,) and per-row masked counts wanted after it (B,)."""
+    targets = []
+    cache: dict[tuple[int, int], list[int]] = {}
+    for cols, steps in plan:
+        per_row = (generated & cols).sum(1).tolist()  # masked positions of each row in this block
+        for n in set(per_row):
+            cache.setdefault((n, steps), masked_counts(schedule, n, steps))
+        table = torch.tensor([cache[(n, steps)] for n in per_row], device=generated.device)  # (B, S_j+1)
+        targets += [(cols, table[:, s]) for s in range(1, steps + 1)]
+    return targets
+
+
+def _top_per_row(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Bool (B, L): the ``count[b]`` eligible positions of each row with the highest scores."""
+    scores = scores.masked_fill(~eligible, float("-inf"))
+    order = scores.argsort(dim=1, descending=True, stable=True)  # (B, L)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    return (ranks < count[:, None]) & eligible
+
+
+def _draw(
+    logits: torch.Tensor,
+    *,
+    sampling: str,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row of ``logits`` (N, V); returns (tokens (N,), log-probs (N, V) at T)."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
+    if sampling == "greedy":
+        tokens = logp.argmax(-1)
+    elif sampling == "topk":
+        top_logp, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1)  # (N, k)
+        pick = torch.multinomial(top_logp.exp(), 1, generator=generator)  # (N, 1)
+        tokens = top_ids.gather(1, pick)[:, 0]
+    elif top_p >= 1.0:
+        tokens = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
+    else:
+        probs, ids = logp.exp().sort(dim=-1, descending=True)  # (N, V)
+        # nucleus: keep a token while the mass before it is < p, so the token crossing p stays
+        keep = probs.cumsum(-1) - probs < top_p
+        keep[:, 0] = True
+        pick = torch.multinomial(probs * keep, 1, generator=generator)  # (N, 1)
+        tokens = ids.gather(1, pick)[:, 0]
+    return tokens, logp
+
+
+def _scores(strategy: str, logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Reveal priority of each drawn token (higher first), shape (N,)."""
+    if strategy == "confidence":
+        return logp.gather(1, tokens[:, None])[:, 0].exp()
+    if strategy == "margin":
+        top2 = logp.topk(2, dim=-1).values.exp()  # (N, 2)
+        return top2[:, 0] - top2[:, 1]
+    # entropy: H = -sum p log p; the lowest entropy goes first
+    return -torch.special.entr(logp.exp()).sum(-1)
+
+
+@torch.no_grad()
+def sample(
+    denoiser: Denoiser,
+    x_init: torch.Tensor,
+    *,
+    mask_id: int,
+    num_steps: int,
+    schedule: str = "linear",
+    strategy: str = "confidence",
+    sampling: str = "topk",
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    forbidden_ids: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+    block_length: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    forbidden_at: dict[int, Sequence[int]] | None = None,
+) -> Trajectory:
+    """Fill every ``mask_id`` position of ``x_init`` (B, L) in exactly ``num_steps`` denoiser calls.
+
+    ``forbidden_ids`` are never drawn anywhere; ``forbidden_at`` maps a column to
+    extra ids never drawn there. With ``block_length``, blocks of that many columns
+    are generated left to right (semi-autoregressive), the steps split evenly
+    between blocks, each block following the schedule within its own steps.
+    """
+    check_options(
+        num_steps=num_steps,
+        schedule=schedule,
+        strategy=strategy,
+        sampling=sampling,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    start = time.perf_counter()
+    xt = x_init.clone()  # (B, L)
+    generated = xt == mask_id  # (B, L) positions the sampler writes
+    probs = torch.full(xt.shape, float("nan"), device=xt.device)  # (B, L)
+    steps_tokens = [xt.to("cpu", copy=True)]  # copies: xt and probs change in place
+    steps_revealed = [torch.zeros_like(generated, device="cpu")]
+    steps_probs = [probs.to("cpu", copy=True)]
+    banned: dict[str, torch.Tensor] = {}
+
+    def draw_at(positions: torch.Tensor, logits: torch.Tensor):
+        if not banned:  # built once the vocabulary size is known
+            banned["all"] = torch.zeros(logits.shape[-1], dtype=torch.bool, device=xt.device)  # (V,)
+            banned["all"][list(forbidden_ids)] = True
+            banned["at"] = torch.zeros(xt.shape[1], logits.shape[-1], dtype=torch.bool, device=xt.device)
+            for col, ids in (forbidden_at or {}).items():
+                banned["at"][col, list(ids)] = True  # (L, V)
+        rows, cols = positions.nonzero(as_tuple=True)
+        chosen = logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+        chosen.masked_fill_(banned["all"] | banned["at"][cols], float("-inf"))  # (N, V)
+        tokens, logp = _draw(
+            chosen, sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
+        return rows, cols, tokens, logp
+
+    forward_passes = 0
+    for cols, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
+        logits = denoiser(xt, attention_mask)  # (B, L, V)
+        forward_passes += 1
+        active = generated & cols  # (B, L) generated positions of the current block
+        masked = active & (xt == mask_id)
+        previous = xt.clone()
+        if strategy == "resample":
+            # redraw every generated position of the block, then mask a random subset again
+            rows, cols_, tokens, logp = draw_at(active, logits)
+            xt[rows, cols_] = tokens
+            probs[rows, cols_] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
+            noise = torch.rand(xt.shape, generator=generator, device=xt.device)
+            remask = _top_per_row(noise, active, target)
+            xt[remask] = mask_id
+            probs[remask] = float("nan")
+            revealed = (xt != previous) & (xt != mask_id)
+        else:
+            count = masked.sum(1) - target  # (B,) tokens to reveal in each row
+            if strategy == "random":
+                noise = torch.rand(xt.shape, generator=generator, device=xt.device)
+                revealed = _top_per_row(noise, masked, count)
+                rows, cols_, tokens, logp = draw_at(revealed, logits)
+            else:
+                rows, cols_, tokens, logp = draw_at(masked, logits)
+                scores = torch.full(xt.shape, float("-inf"), dtype=logp.dtype, device=xt.device)
+                scores[rows, cols_] = _scores(strategy, logp, tokens)
+                revealed = _top_per_row(scores, masked, count)
+                keep = revealed[rows, cols_]
+                rows, cols_, tokens, logp = rows[keep], cols_[keep], tokens[keep], logp[keep]
+            xt[rows, cols_] = tokens
+            probs[rows, cols_] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
+        steps_tokens.append(xt.to("cpu", copy=True))
+        steps_revealed.append(revealed.to("cpu", copy=True))
+        steps_probs.append(probs.to("cpu", copy=True))
+    return Trajectory(
+        tokens=torch.stack(steps_tokens),
+        revealed=torch.stack(steps_revealed),
+        probs=torch.stack(steps_probs),
+        mask_id=mask_id,
+        given=~generated.cpu(),
+        forward_passes=forward_passes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def continuation_ids(tokenizer) -> list[int]:
+    """Ids of tokens that continue a word ("##ing" in WordPiece, no leading "Ġ" in byte-level BPE)."""
+    vocab = tokenizer.get_vocab()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "WordPiece":
+        prefix = backend.model.continuing_subword_prefix
+        return sorted(i for t, i in vocab.items() if t.startswith(prefix))
+    counts = {m: sum(t.startswith(m) for t in vocab) for m in ("Ġ", "▁")}
+    marker = max(counts, key=counts.get)
+    if counts[marker] == 0:
+        return sorted(i for t, i in vocab.items() if t.startswith("##"))
+    special = set(tokenizer.all_special_ids)
+    return sorted(i for t, i in vocab.items() if not t.startswith(marker) and i not in special)
+
+
+def _denoiser_and_device(model, device):
+    if isinstance(model, torch.nn.Module):
+        from tdlib.model import as_denoiser
+
+        if device is not None:
+            model = model.to(device)
+        return as_denoiser(model), next(model.parameters()).device
+    return model, torch.device(device or "cpu")
+
+
+def generate(
+    model,
+    tokenizer,
+    *,
+    prefix: str = "",
+    num_samples: int = 1,
+    max_length: int = 64,
+    steps: int = 32,
+    schedule: str = "linear",
+    strategy: str = "confidence",
+    sampling: str = "topk",
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 0.9,
+    seed: int | None = 0,
+    block_length: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[list[str], Trajectory]:
+    """Generate ``num_samples`` texts continuing ``prefix`` (or filling its mask tokens); returns (texts, trajectory).
+
+    The canvas is ``[CLS] prefix [MASK] ... [MASK] [SEP]`` (``<s> ... </s>`` for
+    RoBERTa), ``max_length`` tokens, with no end token right after the prefix.
+    The first generated token must start a new word, so each text is the prefix,
+    one space, then the generated words. If ``prefix`` contains the tokenizer's
+    mask token, the text itself is the canvas and each mask token is filled.
+    ``model`` is a Hugging Face masked LM or any denoiser callable.
+    """
+    check_options(
+        num_steps=steps,
+        schedule=schedule,
+        strategy=strategy,
+        sampling=sampling,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
+    check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
+    denoiser, device = _denoiser_and_device(model, device)
+    start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    mask_id = tokenizer.mask_token_id
+    infill = tokenizer.mask_token in prefix
+    text = prefix if infill else prefix.rstrip()
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"] if text.strip() else []
+    room = max_length - 2
+    if infill:
+        check(len(ids) <= room, f"the text is {len(ids)} tokens; --max-length {max_length} allows {room}")
+        canvas = [start_id, *ids, end_id]
+        # a mask after whitespace (or at the start) is a new word: no continuation piece there
+        word_starts = [1 + i for i, (token, (begin, _)) in enumerate(zip(ids, encoded["offset_mapping"], strict=True))
+                       if token == mask_id and (begin == 0 or text[begin - 1].isspace())]
+        forbidden_at = dict.fromkeys(word_starts, continuation_ids(tokenizer))
+    else:
+        check(
+            len(ids) < room,
+            f"the prefix is {len(ids)} tokens, leaving no room in --max-length {max_length} "
+            f"(at most {room - 1} prefix tokens); shorten the prefix or raise --max-length",
+        )
+        canvas = [start_id, *ids, *[mask_id] * (room - len(ids)), end_id]
+        # the first generated token starts a new word, so it is never glued onto the prefix
+        forbidden_at = {1 + len(ids): continuation_ids(tokenizer)} if ids else None
+    x_init = torch.tensor([canvas] * num_samples, dtype=torch.long, device=device)  # (B, L)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    trajectory = sample(
+        denoiser,
+        x_init,
+        mask_id=mask_id,
+        num_steps=steps,
+        schedule=schedule,
+        strategy=strategy,
+        sampling=sampling,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        forbidden_ids=tokenizer.all_special_ids,
+        generator=generator,
+        block_length=block_length,
+        forbidden_at=forbidden_at,
+    )
+    if infill:
+        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in trajectory.final]
+    else:
+        tails = [tokenizer.decode(row[1 + len(ids):], skip_special_tokens=True).strip()
+                 for row in trajectory.final]
+        texts = [f"{text} {tail}" if text else tail for tail in tails]
+    return texts, trajectory
