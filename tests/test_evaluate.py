@@ -240,3 +240,71 @@ def test_bad_arguments_are_user_errors(chain):
         nelbo(chain, x0, scorable, mask_id=chain.mask_id, num_characters=5, samples_per_sequence=0)
     with pytest.raises(UserError):
         nelbo(chain, x0, scorable[:, :2], mask_id=chain.mask_id, num_characters=5)
+
+
+# --- the `tdlib evaluate` command -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(scratch, tmp_path_factory):
+    """A tiny scratch model saved like a training run's final model, with its training config."""
+    from tdlib.model import save_model
+
+    model, tokenizer = scratch
+    config = {"dataset": "pydoc", "data_dir": None, "max_length": 32, "example_mode": "packed"}
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("run") / "final-model", extra={"training_config.json": config})
+
+
+def _evaluate(argv: list[str]) -> int:
+    import argparse
+
+    from tdlib.cli import evaluate as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_cli_json_reports_the_bound_and_loss_by_ratio(checkpoint, capsys):
+    import json
+
+    assert _evaluate(["--checkpoint", str(checkpoint), "--max-characters", "3000", "--json", "--samples", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dataset"] == "pydoc" and out["max_length"] == 32 and out["mode"] == "packed"  # as trained
+    assert list(out["loss_by_ratio"]) == [str(t) for t in DEFAULT_RATIOS]
+    assert out["nelbo_bits_per_char"] > 0 and out["nelbo_bits_per_char_stderr"] > 0
+    assert out["stderr_kind"] == "monte_carlo"
+    assert 2900 <= out["characters"] <= 3100 and out["tokens"] > 0
+    # an untrained model is no better than uniform over its 1000-token vocabulary (up to noise)
+    assert out["nats_per_token"] > 0.8 * math.log(1000)
+
+
+def test_cli_report_is_deterministic(checkpoint, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--max-characters", "1500", "--mode", "lines", "--max-length", "24"]
+    assert _evaluate(argv) == 0
+    first = capsys.readouterr().out
+    assert _evaluate(argv) == 0
+    second = capsys.readouterr().out
+    assert "bits/char" in first and "lines, 24 tokens" in first
+    assert first.split("took")[0] == second.split("took")[0]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--samples", "0"], ["--max-length", "4000"], ["--dataset", "no-such-corpus"], ["--max-characters", "0"]],
+)
+def test_cli_bad_input_is_a_user_error(checkpoint, flags):
+    with pytest.raises(UserError):
+        _evaluate(["--checkpoint", str(checkpoint), *flags])
+
+
+def test_cli_missing_checkpoint_exits_2_with_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tdlib", "evaluate", "--checkpoint", str(tmp_path / "nothing")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr

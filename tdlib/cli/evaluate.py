@@ -1,0 +1,155 @@
+"""`tdlib evaluate`: the likelihood bound and loss per mask ratio of a checkpoint.
+
+Wiring only: load the checkpoint and a corpus split, make examples the way the
+model was trained (dataset, example mode and length are read from the
+checkpoint's ``training_config.json`` when present), then call
+`tdlib.evaluate.nelbo` and `tdlib.evaluate.discrete_bound`. Every content token
+is scored (no prefix is excluded), so the bits per character are those of the
+whole text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from tdlib.data import MODES, get_split, load_corpus, make_examples
+from tdlib.errors import check
+from tdlib.evaluate import DEFAULT_RATIOS, discrete_bound, nelbo
+from tdlib.masking import protected_positions
+from tdlib.model import as_denoiser, load_checkpoint, resolve_checkpoint
+
+TRAINING_CONFIG = "training_config.json"  # written beside each checkpoint by tdlib.train
+SPLITS = ("train", "valid", "test")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `tdlib evaluate`."""
+    parser.add_argument("--checkpoint", required=True, help="run directory or model directory")
+    parser.add_argument(
+        "--dataset", default=None, help="corpus name or path (default: the one the checkpoint was trained on, else pydoc)"
+    )
+    parser.add_argument("--data-dir", default=None, help="folder holding train.txt/valid.txt/test.txt")
+    parser.add_argument("--split", default="valid", choices=SPLITS, help="which split to score (default: valid)")
+    parser.add_argument("--max-length", type=int, default=None, help="tokens per block (default: as trained, else 128)")
+    parser.add_argument("--mode", default=None, choices=MODES, help="examples: lines or packed (default: as trained)")
+    parser.add_argument(
+        "--max-characters", type=int, default=None, help="score only the first N characters of the split (default: all)"
+    )
+    parser.add_argument("--samples", type=int, default=1, help="NELBO draws per block (>1 gives a Monte Carlo stderr)")
+    parser.add_argument("--batch-size", type=int, default=16, help="blocks per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the masks (same seed, same masks)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+
+
+def _training_config(model_dir: Path) -> dict:
+    """The checkpoint's recorded training config, or {} when it has none (e.g. a hub model)."""
+    path = model_dir / TRAINING_CONFIG
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _first_characters(lines: list[str], max_characters: int | None) -> list[str]:
+    """The leading lines of a split holding at least `max_characters` characters (all if None)."""
+    if max_characters is None:
+        return lines
+    kept, total = [], 0
+    for line in lines:
+        if total >= max_characters:
+            break
+        kept.append(line)
+        total += len(line) + 1
+    return kept
+
+
+def _position_limit(model) -> int | None:
+    """Longest block the model's position embeddings allow, if it says."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # RoBERTa positions start after the padding index
+    return limit
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a corpus split; print a report or JSON."""
+    check(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
+    check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    check(args.max_characters is None or args.max_characters >= 1, "--max-characters must be >= 1")
+    model_dir = resolve_checkpoint(args.checkpoint)
+    trained = _training_config(model_dir)
+    dataset = args.dataset or trained.get("dataset") or "pydoc"
+    data_dir = args.data_dir if args.data_dir is not None else (trained.get("data_dir") if not args.dataset else None)
+    max_length = args.max_length or trained.get("max_length") or 128
+    mode = args.mode or trained.get("example_mode") or "lines"
+
+    model, tokenizer = load_checkpoint(model_dir)
+    check(tokenizer.mask_token_id is not None, f"the tokenizer in {model_dir} has no mask token; is it a masked LM?")
+    limit = _position_limit(model)
+    check(limit is None or max_length <= limit, f"--max-length {max_length} exceeds the model's {limit} positions")
+    lines = _first_characters(get_split(load_corpus(dataset, data_dir), args.split), args.max_characters)
+    examples = make_examples(lines, tokenizer, max_length, mode)
+    x0, attention_mask = examples.input_ids, examples.attention_mask  # (N, L)
+    scorable = ~protected_positions(x0, tokenizer, attention_mask)  # every content token
+    denoiser = as_denoiser(model, masked_only=True)
+
+    start = time.perf_counter()
+    common = dict(
+        mask_id=tokenizer.mask_token_id, num_characters=examples.num_characters, seed=args.seed,
+        batch_size=args.batch_size, attention_mask=attention_mask, progress=True,
+    )
+    bound = nelbo(denoiser, x0, scorable, samples_per_sequence=args.samples, **common)
+    discrete = discrete_bound(denoiser, x0, scorable, DEFAULT_RATIOS, **common)
+    seconds = time.perf_counter() - start
+
+    result = {
+        "checkpoint": str(model_dir),
+        "dataset": dataset,
+        "split": args.split,
+        "mode": mode,
+        "max_length": max_length,
+        "nelbo_bits_per_char": bound["nelbo_bits_per_char"],
+        "nelbo_bits_per_char_stderr": _finite(bound["nelbo_bits_per_char_stderr"]),
+        "stderr_kind": bound["stderr_kind"],
+        "nats_per_token": bound["nats_per_token"],
+        "perplexity_bound": bound["perplexity_bound"],
+        "discrete_bound_bits_per_char": discrete["nelbo_bits_per_char"],
+        "loss_by_ratio": {str(t): _finite(v) for t, v in discrete["loss_by_ratio"].items()},
+        "tokens": bound["tokens"],
+        "characters": bound["characters"],
+        "sequences": bound["sequences"],
+        "samples_per_sequence": args.samples,
+        "seed": args.seed,
+        "seconds": seconds,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    stderr = result["nelbo_bits_per_char_stderr"]
+    print(f"checkpoint   {model_dir}")
+    print(
+        f"data         {dataset} {args.split}: {bound['sequences']} blocks ({mode}, {max_length} tokens), "
+        f"{bound['characters']:,} characters, {bound['tokens']:,} tokens scored"
+    )
+    print(
+        f"NELBO        {bound['nelbo_bits_per_char']:.4f} bits/char"
+        + (f" +- {stderr:.4f} ({bound['stderr_kind'].replace('_', ' ')})" if stderr is not None else "")
+    )
+    print(f"             {bound['nats_per_token']:.4f} nats/token, perplexity <= {bound['perplexity_bound']:.2f}")
+    print(f"K-level      {discrete['nelbo_bits_per_char']:.4f} bits/char (discrete bound over ratios 1.0 .. 0.1)")
+    print(f"loss by ratio (nats per masked token, masks fixed by --seed {args.seed}):")
+    for t, v in discrete["loss_by_ratio"].items():
+        print(f"  {t:.1f}  {v:.4f}")
+    print(f"took {seconds:.1f} s")
+    return 0
