@@ -47,11 +47,20 @@ class Examples:
 
     input_ids: torch.Tensor  # (N, L) long
     attention_mask: torch.Tensor  # (N, L) long, 0 on padding
-    num_characters: int  # characters of original text covered by the blocks
+    characters: torch.Tensor  # (N,) long: characters of original text each block covers
     num_lines: int  # source lines that contributed
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    @property
+    def num_characters(self) -> int:
+        """Characters of original text covered by all blocks (for bits per character)."""
+        return int(self.characters.sum())
+
+    def subset(self, n: int) -> Examples:
+        """The first ``n`` blocks (all of them if there are fewer)."""
+        return Examples(self.input_ids[:n], self.attention_mask[:n], self.characters[:n], self.num_lines)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids[i], "attention_mask": self.attention_mask[i]}
@@ -198,10 +207,10 @@ def make_examples(lines: list[str], tokenizer, max_length: int = 128, mode: str 
         n = len(ids_per_line)
         input_ids = torch.full((n, max_length), pad, dtype=torch.long)
         attention_mask = torch.zeros((n, max_length), dtype=torch.long)
-        characters = 0
+        characters = torch.zeros(n, dtype=torch.long)
         for row, (ids, chars) in enumerate(zip(ids_per_line, chars_per_line, strict=True)):
             ids = ids[:body]
-            characters += sum(chars[: len(ids)])
+            characters[row] = sum(chars[: len(ids)])
             input_ids[row, : len(ids) + 2] = torch.tensor([bos, *ids, eos])
             attention_mask[row, : len(ids) + 2] = 1
         return Examples(input_ids, attention_mask, characters, n)
@@ -217,5 +226,5 @@ def make_examples(lines: list[str], tokenizer, max_length: int = 128, mode: str 
         [torch.full((num_blocks, 1), bos), blocks, torch.full((num_blocks, 1), eos)], dim=1
     )
     attention_mask = torch.ones_like(input_ids)
-    characters = int(flat_chars[: num_blocks * body].sum())
+    characters = torch.from_numpy(flat_chars[: num_blocks * body].reshape(num_blocks, body).sum(1))
     return Examples(input_ids, attention_mask, characters, len(ids_per_line))

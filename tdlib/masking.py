@@ -78,7 +78,10 @@ def mask_tokens(
 
 
 class MaskingCollator:
-    """Collate examples into a noised batch: input_ids=xt, attention_mask, labels, t.
+    """Collate examples into a noised batch: input_ids=xt, attention_mask, labels, t, scorable.
+
+    ``scorable`` marks the positions that could have been masked (the complement
+    of `protected_positions`); the ELBO weighting normalises by their number.
 
     ``mode``: ``batch`` draws one ratio from ``mask_probs`` for the whole batch (the
     seed), ``example`` one per example, ``continuous`` draws t ~ U(eps, 1) per example.
@@ -124,4 +127,4 @@ class MaskingCollator:
         protected = protected_positions(x0, self.tokenizer, attention_mask, self.prefix_length)
         xt, masked = mask_tokens(x0, t, self.tokenizer.mask_token_id, protected, self.generator)
         labels = torch.where(masked, x0, torch.full_like(x0, IGNORE_INDEX))
-        return {"input_ids": xt, "attention_mask": attention_mask, "labels": labels, "t": t}
+        return {"input_ids": xt, "attention_mask": attention_mask, "labels": labels, "t": t, "scorable": ~protected}

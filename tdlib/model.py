@@ -129,6 +129,7 @@ def build_scratch_model(
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
+    config.mask_token_id = tokenizer.mask_token_id
     torch.manual_seed(seed)
     model = RobertaForMaskedLM(config)
     return model, tokenizer
@@ -156,6 +157,7 @@ def _load_pretrained(name_or_path: str):
     )
     if model.get_output_embeddings() is not None and getattr(model.config, "tie_word_embeddings", True):
         model.tie_weights()
+    model.config.mask_token_id = tokenizer.mask_token_id
     return model, tokenizer
 
 
@@ -294,16 +296,55 @@ def autocast(device: torch.device):
     return nullcontext()
 
 
-def as_denoiser(model) -> Denoiser:
-    """Adapt a Hugging Face masked LM to ``denoiser(xt, attention_mask=None) -> logits (B, L, V)``."""
+def split_mlm(model):
+    """(body, head) of a masked LM: ``body(...)[0]`` gives hidden states, ``head(h)`` logits.
+
+    Returns None for architectures whose head is not one module; callers then fall
+    back to the full forward pass.
+    """
+    head = next((getattr(model, n) for n in ("lm_head", "cls") if hasattr(model, n)), None)
+    if head is None:
+        return None
+    return model.base_model, head
+
+
+def masked_logits(model, xt: torch.Tensor, attention_mask: torch.Tensor | None, where: torch.Tensor) -> torch.Tensor:
+    """Logits only at positions ``where`` (bool, (B, L)): shape (M, V), M = where.sum().
+
+    The LM head over a 30-50k vocabulary costs as much as the whole body of a
+    small model, so computing it only where a loss or a sample is needed saves
+    most of that cost.
+    """
+    parts = split_mlm(model)
+    if parts is None:
+        return model(input_ids=xt, attention_mask=attention_mask).logits[where]
+    body, head = parts
+    hidden = body(input_ids=xt, attention_mask=attention_mask)[0]  # (B, L, H)
+    return head(hidden[where])  # (M, V)
+
+
+def as_denoiser(model, masked_only: bool = False) -> Denoiser:
+    """Adapt a Hugging Face masked LM to ``denoiser(xt, attention_mask=None) -> logits (B, L, V)``.
+
+    With ``masked_only`` the head runs only where ``xt`` holds the mask token, and
+    the other rows of the returned logits are zero: fine for bounds and for
+    samplers that read logits at masked positions only (not for ``resample``).
+    """
     device = next(model.parameters()).device
+    mask_id = getattr(model.config, "mask_token_id", None)
 
     @torch.inference_mode()
     def denoiser(xt: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         model.eval()
+        xt = xt.to(device)
         am = None if attention_mask is None else attention_mask.to(device)
         with autocast(device):
-            logits = model(input_ids=xt.to(device), attention_mask=am).logits  # (B, L, V)
-        return logits.float()
+            if not masked_only or mask_id is None:
+                return model(input_ids=xt, attention_mask=am).logits.float()  # (B, L, V)
+            where = xt == mask_id  # (B, L)
+            picked = masked_logits(model, xt, am, where).float()  # (M, V)
+        logits = torch.zeros(*xt.shape, picked.shape[-1], device=device)  # (B, L, V)
+        logits[where] = picked
+        return logits
 
     return denoiser

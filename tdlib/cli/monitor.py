@@ -1,0 +1,87 @@
+"""`tdlib monitor RUN_DIR`: progress, speed, ETA and the latest loss per mask ratio of a run.
+
+It only reads ``metrics.jsonl``; it works while the run is going (``--follow``
+refreshes) and after it ended (``--plot`` writes the per-ratio loss curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from tdlib.errors import check
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `tdlib monitor`."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a training run directory (holds metrics.jsonl)")
+    parser.add_argument("--follow", action="store_true", help="refresh until the run ends (Ctrl-C to stop)")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --follow")
+    parser.add_argument("--plot", metavar="FILE.png", help="write training loss and loss-per-ratio curves")
+
+
+def _fmt_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def summarize(records: list[dict]) -> str:
+    """A few lines describing the state of a run from its metrics records."""
+    from tdlib.plots import eval_records, train_records
+
+    starts = [r for r in records if r.get("event") in ("start", "resume")]
+    max_steps = starts[-1].get("max_steps") if starts else None
+    trains, evals = train_records(records), eval_records(records)
+    ended = any(r.get("event") == "end" for r in records)
+    step = max((r["step"] for r in records), default=0)
+    lines = []
+    head = f"step {step}" + (f"/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps else "")
+    if ended:
+        head += "  finished"
+    lines.append(head)
+    if trains:
+        last = trains[-1]
+        speed = last.get("tokens_per_s", float("nan"))
+        elapsed = last.get("elapsed_s")
+        line = f"loss {last['loss']:.4f}  lr {last.get('lr', float('nan')):.2e}  {speed:,.0f} tokens/s"
+        if elapsed and last["step"] and max_steps and not ended:
+            first = trains[0]
+            rate = (last["elapsed_s"] - first.get("elapsed_s", 0)) / max(last["step"] - first["step"], 1)
+            line += f"  {rate:.2f} s/step  ETA {_fmt_seconds(rate * (max_steps - step))}"
+        lines.append(line)
+    if evals:
+        last = evals[-1]
+        lines.append(f"eval at step {last['step']}: NELBO {last['nelbo_bits_per_char']:.3f} bits/char")
+        by_ratio = sorted(((float(k), v) for k, v in last["eval_loss_by_ratio"].items()), reverse=True)
+        lines.append("  ratio " + " ".join(f"{t:>6.2f}" for t, _ in by_ratio))
+        lines.append("  loss  " + " ".join(f"{v:>6.3f}" for _, v in by_ratio))
+    if len(lines) == 1 and not trains:
+        lines.append("no training step logged yet")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary (repeatedly with --follow) and write the plot if asked."""
+    from tdlib.plots import read_metrics
+
+    run_dir = Path(args.run_dir)
+    check(run_dir.exists(), f"{run_dir} does not exist; pass the --output-dir of a training run")
+    check(args.interval > 0, "--interval must be > 0")
+    if args.plot:
+        check(args.plot.lower().endswith(".png"), f"--plot needs a .png file name, got {args.plot!r}")
+    while True:
+        records = read_metrics(run_dir)
+        print(summarize(records), flush=True)
+        if not args.follow or any(r.get("event") == "end" for r in records):
+            break
+        time.sleep(args.interval)
+        print()
+    if args.plot:
+        from tdlib.plots import run_summary_figure, save_figure
+
+        save_figure(run_summary_figure(records), args.plot)
+        print(f"wrote {args.plot}")
+    return 0

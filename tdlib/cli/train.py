@@ -1,0 +1,74 @@
+"""`tdlib train`: the training loop from the command line (see `tdlib.train`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tdlib.errors import UserError
+from tdlib.masking import parse_ratios
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `tdlib train`; unset flags take the preset's value."""
+    from tdlib.train import PRESETS, WEIGHTINGS
+
+    a = parser.add_argument
+    a("--preset", choices=sorted(PRESETS), default="cpu", help="base settings (default: cpu)")
+    a("--model-name", help="minilm (packaged), scratch (small RoBERTa + BPE), a hub id or a local folder")
+    a("--dataset", help="pydoc (embedded), wikitext-2, wikitext-2-v1, or a text file or folder")
+    a("--data-dir", help="folder with train.txt/valid.txt/test.txt for wikitext-2 (e.g. ../shared/data)")
+    a("--example-mode", choices=["lines", "packed"], help="one example per line (the seed) or packed blocks")
+    a("--epochs", type=float)
+    a("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    a("--batch-size", type=int)
+    a("--grad-accum", type=int, help="micro-batches per optimizer step")
+    a("--learning-rate", type=float)
+    a("--warmup-steps", type=int)
+    a("--max-length", type=int, help="tokens per example")
+    a("--prefix-length", type=int, help="content tokens at the start that are never masked")
+    a("--mask-probs", help="comma-separated mask ratios, e.g. 1.0,0.9,...,0.1")
+    a("--masking", choices=["batch", "example", "continuous"], help="one ratio per batch, per example, or t~U(eps,1)")
+    a("--loss-weighting", choices=WEIGHTINGS)
+    a("--eval-steps", type=int)
+    a("--save-steps", type=int)
+    a("--save-total-limit", type=int)
+    a("--time-budget", type=float, dest="time_budget_s", help="stop and save after this many seconds")
+    a("--output-dir", help="run directory (default: runs/PRESET)")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    a("--seed", type=int)
+    a("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The TrainConfig the flags describe."""
+    from tdlib.train import preset
+
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
+            "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
+            "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "seed",
+        )
+    }
+    if args.mask_probs is not None:
+        overrides["mask_probs"] = parse_ratios(args.mask_probs)
+    overrides["output_dir"] = args.output_dir or f"runs/{args.preset}"
+    return preset(args.preset, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, print where the model went, return the exit status."""
+    from tdlib.train import train
+
+    config = config_from_args(args)
+    try:
+        result = train(config, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted; a checkpoint was saved: continue with --resume --output-dir {config.output_dir}") from None
+    if result.final_model is None:
+        print(f"stopped at step {result.final_step}; continue with: tdlib train --resume --output-dir {result.output_dir}")
+        return 0
+    bits = result.last_eval["nelbo_bits_per_char"] if result.last_eval else float("nan")
+    print(f"trained {result.final_step} steps; NELBO {bits:.3f} bits/char; model in {result.final_model}")
+    return 0

@@ -1,0 +1,478 @@
+"""The training loop: corpus -> examples -> collator -> loop -> checkpoint.
+
+`train(config)` fine-tunes a masked LM to denoise at every mask ratio. It runs
+unchanged on a CPU, one GPU (bf16 autocast, fused AdamW) or several processes
+under ``accelerate launch``, and it is resumable: the data order, the masks and
+dropout at step k depend only on ``(seed, k)``, so a run killed after a
+checkpoint and resumed ends with the same weights as one that never stopped.
+
+What it writes to ``output_dir`` (the run directory):
+
+- ``checkpoint-STEP/``: a complete Hugging Face model directory (config,
+  ``model.safetensors``, tokenizer) plus ``trainer_state.pt`` (optimizer and
+  scheduler) and ``training_config.json``; written aside and renamed;
+- ``latest``: a plain file naming the newest checkpoint;
+- ``final-model/``: the model at the end;
+- ``metrics.jsonl``: one JSON record per line (see `tdlib.plots.read_metrics`).
+
+This module trains; it does not draw (callbacks receive every metrics record,
+so `tdlib.widgets.LiveLossView` can draw them) and it does not sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tdlib.data import Examples, get_split, load_corpus, make_examples
+from tdlib.errors import UserError, check
+from tdlib.masking import (
+    IGNORE_INDEX,
+    SEED_RATIOS,
+    MaskingCollator,
+    check_ratios,
+    protected_positions,
+)
+from tdlib.masking import MODES as MASKING_MODES
+from tdlib.model import (
+    LATEST_FILE,
+    as_denoiser,
+    autocast,
+    list_checkpoints,
+    load_model,
+    masked_logits,
+    save_model,
+)
+
+WEIGHTINGS = ("uniform", "elbo")
+STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "training_config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the presets below fill it for common cases."""
+
+    model_name: str = "minilm"  # "minilm", "scratch", a hub id or a local directory
+    dataset: str = "pydoc"  # see tdlib.data.load_corpus
+    data_dir: str | None = None
+    example_mode: str = "packed"  # "lines" (the seed) or "packed"
+    max_length: int = 128  # tokens per example, special tokens included
+    prefix_length: int = 5  # content tokens at the start never masked (the prompt)
+    mask_probs: tuple[float, ...] = SEED_RATIOS  # ratios for the "batch"/"example" modes
+    masking: str = "batch"  # "batch" (the seed), "example" or "continuous" t ~ U(eps, 1)
+    loss_weighting: str = "uniform"  # "uniform" (plain MLM, the seed) or "elbo" (1/t)
+    epochs: float = 3.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 16  # examples per optimizer step (over all processes)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 5e-5
+    warmup_steps: int = 500
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    log_steps: int = 10
+    eval_steps: int = 500
+    eval_examples: int = 256  # validation blocks scored at each evaluation
+    save_steps: int = 1000
+    save_total_limit: int | None = 2
+    output_dir: str = "runs/default"
+    seed: int = 42
+    scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
+    time_budget_s: float | None = None  # stop (and save) after this many seconds of training
+
+    def validate(self) -> TrainConfig:
+        """Check every value; raise UserError naming the flag to fix."""
+        check(self.example_mode in ("lines", "packed"), f"unknown example mode {self.example_mode!r}")
+        check(self.masking in MASKING_MODES, f"unknown masking mode {self.masking!r}")
+        check(self.loss_weighting in WEIGHTINGS, f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}")
+        check_ratios(self.mask_probs)
+        check(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
+        check(self.prefix_length >= 0, f"--prefix-length must be >= 0, got {self.prefix_length}")
+        check(
+            self.prefix_length <= self.max_length - 3,
+            f"--prefix-length {self.prefix_length} leaves nothing to learn in --max-length {self.max_length}",
+        )
+        check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        check(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+              f"--batch-size {self.batch_size} must be a multiple of the gradient accumulation {self.grad_accum}")
+        check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be > 0")
+        check(self.warmup_steps >= 0, "--warmup-steps must be >= 0")
+        check(self.epochs > 0, "--epochs must be > 0")
+        check(self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1")
+        check(self.eval_steps >= 1 and self.save_steps >= 1 and self.log_steps >= 1,
+              "--eval-steps, --save-steps and log steps must be >= 1")
+        check(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
+        return self
+
+
+PRESETS: dict[str, dict] = {
+    # the original experiment: roberta-base on WikiText-2 raw, 3 epochs = 4,458 steps at batch 16
+    "seed": dict(
+        model_name="roberta-base", dataset="wikitext-2", example_mode="lines", max_length=128,
+        prefix_length=5, mask_probs=SEED_RATIOS, masking="batch", loss_weighting="uniform",
+        epochs=3.0, batch_size=16, learning_rate=5e-5, warmup_steps=500, eval_steps=500,
+        save_steps=1000, eval_examples=512,
+    ),
+    # offline, about 10 minutes on a 2-core laptop (see README for how it was chosen)
+    "cpu": dict(
+        model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
+        prefix_length=5, masking="continuous", loss_weighting="elbo", max_steps=200,
+        batch_size=16, learning_rate=1e-4, warmup_steps=20, eval_steps=100, save_steps=100,
+        eval_examples=32, log_steps=5,
+    ),
+    # seconds: tests, CI and notebook smoke runs
+    "smoke": dict(
+        model_name="scratch", dataset="pydoc", example_mode="packed", max_length=32,
+        prefix_length=2, masking="batch", loss_weighting="uniform", max_steps=20, batch_size=8,
+        learning_rate=2e-3, warmup_steps=2, eval_steps=10, save_steps=10, eval_examples=16,
+        log_steps=2, scratch=dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2),
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """A TrainConfig from a preset, with keyword overrides (None values are ignored)."""
+    check(name in PRESETS, f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    values = dict(PRESETS[name])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values).validate()
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Learning rate after ``step`` optimizer steps: linear warmup, then linear decay to 0."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / (config.warmup_steps + 1)
+    remaining = max(total_steps - config.warmup_steps, 1)
+    return config.learning_rate * max(0.0, (total_steps - step) / remaining)
+
+
+class MaskedDiffusionLoss(torch.nn.Module):
+    """Masked cross-entropy with the LM head run only at masked positions.
+
+    ``uniform``: mean CE over masked tokens (the seed's MLM loss).
+    ``elbo``: sum_i CE_i / t over masked tokens, divided by the number of
+    scorable tokens, so that its expectation over t ~ U(0, 1) is the NELBO per
+    token (an upper bound on -log p(x) / n).
+    """
+
+    def __init__(self, model, weighting: str):
+        super().__init__()
+        self.model = model
+        self.weighting = weighting
+
+    def forward(self, input_ids, attention_mask, labels, t, scorable):
+        where = labels != IGNORE_INDEX  # (B, L) masked positions
+        logits = masked_logits(self.model, input_ids, attention_mask, where)  # (M, V)
+        ce = F.cross_entropy(logits.float(), labels[where], reduction="none")  # (M,)
+        if self.weighting == "uniform":
+            return ce.sum() / where.sum().clamp(min=1)
+        # weight 1/t turns the masked CE into an ELBO (per scorable token)
+        t_per_token = t[:, None].expand_as(labels)[where]  # (M,)
+        return (ce / t_per_token).sum() / scorable.sum().clamp(min=1)
+
+
+def _set_step_seed(seed: int, step: int) -> None:
+    torch.manual_seed(seed * 1_000_003 + step)
+
+
+def _step_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled example order of an epoch, a function of (seed, epoch) only."""
+    return torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl that drops records past a resume point."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a kill
+                if record.get("step", 0) <= resume_step and record.get("event") != "end":
+                    kept.append(line)
+            _atomic_write_text(path, "".join(k + "\n" for k in kept))
+        elif resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    output_dir: Path
+    final_step: int
+    final_model: Path | None
+    last_eval: dict | None
+    stopped_early: bool = False
+
+
+def _check_output_dir(out: Path, resume: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to --output-dir {out}: {exc.strerror}; choose a writable folder") from None
+    if not resume and (list_checkpoints(out) or (out / "final-model").exists()):
+        raise UserError(
+            f"{out} already holds a training run; pass --resume to continue it or choose another --output-dir"
+        )
+
+
+def evaluate_model(model, tokenizer, examples: Examples, config: TrainConfig, step: int) -> dict:
+    """The evaluation record: loss per ratio on fixed masks and the NELBO in bits per char."""
+    from tdlib.evaluate import loss_by_ratio, nelbo
+
+    denoiser = as_denoiser(model, masked_only=True)
+    x0, am = examples.input_ids, examples.attention_mask
+    scorable_prefix = ~protected_positions(x0, tokenizer, am, config.prefix_length)
+    scorable_all = ~protected_positions(x0, tokenizer, am, 0)
+    ratios = config.mask_probs if config.masking != "continuous" else SEED_RATIOS
+    by_ratio = loss_by_ratio(
+        denoiser, x0, scorable_prefix, ratios, mask_id=tokenizer.mask_token_id, seed=1234,
+        batch_size=config.batch_size, attention_mask=am,
+    )
+    bound = nelbo(
+        denoiser, x0, scorable_all, mask_id=tokenizer.mask_token_id, num_characters=examples.num_characters,
+        seed=1234, batch_size=config.batch_size, attention_mask=am,
+    )
+    model.train()
+    return {
+        "step": step,
+        "eval_loss_by_ratio": {str(float(t)): v for t, v in by_ratio.items()},
+        "nelbo_bits_per_char": bound["nelbo_bits_per_char"],
+        "nelbo_bits_per_char_stderr": bound["nelbo_bits_per_char_stderr"],
+    }
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Run (or resume) training; every metrics record is also passed to each callback."""
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    config.validate()
+    callbacks = list(callbacks)
+    out = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    is_main = accelerator.is_main_process
+    if is_main:
+        _check_output_dir(out, resume)
+    accelerator.wait_for_everyone()
+
+    resume_from = None
+    if resume and (list_checkpoints(out) or (out / LATEST_FILE).exists()):
+        resume_from = resolve_checkpoint_for_resume(out)
+
+    corpus = load_corpus(config.dataset, config.data_dir)
+    train_lines = get_split(corpus, "train")
+    if resume_from is not None:
+        model, tokenizer = load_model(str(resume_from), device="cpu")
+    else:
+        _set_step_seed(config.seed, -1)
+        model, tokenizer = load_model(
+            config.model_name, corpus_lines=train_lines, device="cpu",
+            **({"max_length": max(config.max_length, 128), **config.scratch} if config.model_name == "scratch" else {}),
+        )
+    check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
+    train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
+    valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
+    eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode).subset(
+        config.eval_examples
+    )
+
+    steps_per_epoch = max(len(train_examples) // config.batch_size, 1)
+    total_steps = config.max_steps or max(int(config.epochs * steps_per_epoch), 1)
+    collator = MaskingCollator(
+        tokenizer, config.mask_probs, mode=config.masking, prefix_length=config.prefix_length, seed=config.seed
+    )
+
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = {"fused": True} if torch.cuda.is_available() else {}
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, **fused)
+    loss_module = MaskedDiffusionLoss(model, config.loss_weighting)
+
+    start_step = 0
+    if resume_from is not None:
+        state = torch.load(resume_from / STATE_FILE, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+    loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    device = accelerator.device
+    unwrapped = accelerator.unwrap_model(loss_module).model
+
+    log = MetricsLog(out / METRICS_FILE, start_step if resume_from is not None else None) if is_main else None
+
+    def emit(record: dict) -> None:
+        if log is not None:
+            log.write(record)
+            for cb in callbacks:
+                cb(record)
+
+    if start_step == 0:
+        emit({"step": 0, "event": "start", "max_steps": total_steps, "config": dataclasses.asdict(config),
+              "train_examples": len(train_examples), "eval_examples": len(eval_examples),
+              "parameters": sum(p.numel() for p in unwrapped.parameters())})
+    elif resume_from is not None:
+        emit({"step": start_step, "event": "resume", "max_steps": total_steps, "from": resume_from.name})
+
+    def save(step: int) -> Path | None:
+        accelerator.wait_for_everyone()
+        if not is_main:
+            return None
+        state = {"optimizer": optimizer.state_dict(), "step": step}
+        path = save_model(unwrapped, tokenizer, out / f"checkpoint-{step}",
+                          extra={STATE_FILE: state, CONFIG_FILE: dataclasses.asdict(config)})
+        _atomic_write_text(out / LATEST_FILE, path.name + "\n")
+        if config.save_total_limit:
+            for old in list_checkpoints(out)[: -config.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro = config.batch_size // config.grad_accum
+    check(micro % world == 0, f"--batch-size {config.batch_size} must split evenly over {world} processes "
+                              f"and {config.grad_accum} accumulation steps")
+    per_rank = micro // world
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and is_main), desc="train",
+               dynamic_ncols=True)
+    last_eval = None
+    stopped_early = False
+    step = start_step
+    window_tokens, window_start, train_start = 0, time.perf_counter(), time.perf_counter()
+    running_loss = None
+    interrupted = {"flag": False}
+
+    def on_sigterm(signum, frame):
+        interrupted["flag"] = True
+
+    old_handler = signal.signal(signal.SIGTERM, on_sigterm) if is_main else None
+    try:
+        while step < total_steps:
+            epoch, within = divmod(step, steps_per_epoch)
+            order = _step_order(len(train_examples), config.seed, epoch)
+            batch_ids = order[within * config.batch_size : (within + 1) * config.batch_size]
+            _set_step_seed(config.seed, step)
+            collator.generator.manual_seed(config.seed * 1_000_003 + step)
+            batch = collator([train_examples[int(i)] for i in batch_ids])
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config, total_steps)
+            step_loss = 0.0
+            for a in range(config.grad_accum):
+                start = a * micro + rank * per_rank  # this process's rows of this micro-batch
+                part = {k: v[start : start + per_rank].to(device) for k, v in batch.items()}
+                with autocast(device):
+                    loss = loss_module(part["input_ids"], part["attention_mask"], part["labels"], part["t"],
+                                       part["scorable"])
+                loss = loss / config.grad_accum
+                if a < config.grad_accum - 1:
+                    with accelerator.no_sync(loss_module):
+                        accelerator.backward(loss)
+                else:
+                    accelerator.backward(loss)
+                step_loss += loss.item()
+                window_tokens += int(part["attention_mask"].sum()) * world
+            if not math.isfinite(step_loss):
+                raise UserError(
+                    f"the loss became {step_loss} at step {step + 1}; lower --learning-rate or resume from "
+                    f"the last checkpoint ({(out / LATEST_FILE).read_text().strip() if (out / LATEST_FILE).exists() else 'none yet'})"
+                )
+            accelerator.clip_grad_norm_(loss_module.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running_loss = step_loss if running_loss is None else 0.9 * running_loss + 0.1 * step_loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{running_loss:.3f}")
+
+            if step % config.log_steps == 0 or step == total_steps:
+                now = time.perf_counter()
+                emit({"step": step, "loss": step_loss, "lr": lr_at(step - 1, config, total_steps),
+                      "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                      "epoch": step / steps_per_epoch, "elapsed_s": now - train_start})
+                window_tokens, window_start = 0, now
+            if step % config.eval_steps == 0 or step == total_steps:
+                if is_main:
+                    last_eval = evaluate_model(unwrapped, tokenizer, eval_examples, config, step)
+                    emit(last_eval)
+                window_start = time.perf_counter()
+            if step % config.save_steps == 0 and step < total_steps:
+                save(step)
+            budget_over = config.time_budget_s is not None and time.perf_counter() - train_start > config.time_budget_s
+            if interrupted["flag"] or budget_over:
+                stopped_early = True
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        if step > start_step:
+            path = save(step)
+            if path is not None:
+                emit({"step": step, "event": "interrupted", "checkpoint": path.name})
+        raise
+    finally:
+        bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+    if stopped_early:
+        save(step)
+        emit({"step": step, "event": "stopped", "reason": "SIGTERM" if interrupted["flag"] else "time budget"})
+        if interrupted["flag"]:
+            return TrainResult(out, step, None, last_eval, stopped_early=True)
+    final = None
+    accelerator.wait_for_everyone()
+    if is_main:
+        final = save_model(unwrapped, tokenizer, out / "final-model",
+                           extra={CONFIG_FILE: dataclasses.asdict(config)})
+        emit({"step": step, "event": "end", "final_model": "final-model"})
+    return TrainResult(out, step, final, last_eval, stopped_early)
+
+
+def resolve_checkpoint_for_resume(run_dir: Path) -> Path:
+    """The newest complete checkpoint with a resume state (a damaged newest one is skipped)."""
+    from tdlib.model import validate_model_dir
+
+    candidates = list(reversed(list_checkpoints(run_dir)))
+    named = (run_dir / LATEST_FILE).read_text().strip() if (run_dir / LATEST_FILE).exists() else None
+    if named and (run_dir / named).is_dir():
+        candidates = [run_dir / named] + [c for c in candidates if c.name != named]
+    for c in candidates:
+        if validate_model_dir(c) is None and (c / STATE_FILE).is_file():
+            return c
+    raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from; start without --resume")
