@@ -1,0 +1,117 @@
+"""`tdlib generate`: output formats, animations, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tdlib.cli import main
+
+
+@pytest.fixture(scope="session")
+def checkpoint(scratch, tmp_path_factory):
+    """A tiny saved model directory (the session's scratch RoBERTa)."""
+    from tdlib.model import save_model
+
+    model, tokenizer = scratch
+    return str(save_model(model, tokenizer, tmp_path_factory.mktemp("gen") / "final-model"))
+
+
+def run_cli(capsys, *argv):
+    code = main(["generate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_output_has_exactly_the_documented_keys(checkpoint, capsys):
+    code, out, err = run_cli(capsys, "--checkpoint", checkpoint, "--prefix", "The class", "--num-samples", "3",
+                             "--max-length", "16", "--steps", "5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) == {"samples", "steps", "forward_passes", "seconds"}
+    assert result["steps"] == result["forward_passes"] == 5
+    assert len(result["samples"]) == 3 and all(s.startswith("The class ") for s in result["samples"])
+    assert result["seconds"] >= 0
+
+
+def test_same_seed_same_text(checkpoint, capsys):
+    argv = ["--checkpoint", checkpoint, "--max-length", "12", "--steps", "3", "--seed", "7", "--json"]
+    first = json.loads(run_cli(capsys, *argv)[1])["samples"]
+    assert json.loads(run_cli(capsys, *argv)[1])["samples"] == first
+
+
+def test_show_steps_prints_every_step_with_masks(checkpoint, scratch, capsys):
+    code, out, _ = run_cli(capsys, "--checkpoint", checkpoint, "--prefix", "Hello", "--max-length", "10",
+                           "--steps", "4", "--strategy", "resample", "--show-steps")
+    assert code == 0
+    assert [line for line in out.splitlines() if line.startswith("--- step")] == [
+        f"--- step {s} / 4" for s in range(5)
+    ]
+    lines = out.splitlines()
+    num_masks = 8 - len(scratch[1]("Hello", add_special_tokens=False)["input_ids"])
+    assert lines[1] == "Hello " + " ".join(["_"] * num_masks)  # step 0: prefix and masks
+    assert "_" not in lines[lines.index("--- final") + 1]
+
+
+@pytest.mark.parametrize("suffix", [".html", ".gif"])
+def test_animation_files(checkpoint, capsys, tmp_path, suffix):
+    path = tmp_path / f"denoise{suffix}"
+    code, _, err = run_cli(capsys, "--checkpoint", checkpoint, "--num-samples", "2", "--max-length", "10",
+                           "--steps", "3", "--animation", str(path))
+    assert code == 0, err
+    if suffix == ".html":
+        page = path.read_text()
+        assert page.count("step 3 / 3") >= 1 and "<script>" in page and "http" not in page.split("<body")[1]
+    else:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            assert image.n_frames == 4  # initial canvas + one frame per step
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--top-p", "0"], "--top-p"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--temperature", "0"], "--temperature"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--top-k", "0"], "--top-k"),
+        (["--steps", "0"], "--steps"),
+        (["--num-samples", "0"], "--num-samples"),
+        (["--max-length", "6", "--prefix", "one two three four five six seven"], "prefix"),
+        (["--animation", "out.mp4"], ".html or .gif"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(checkpoint, capsys, flags, message):
+    code, _, err = run_cli(capsys, "--checkpoint", checkpoint, "--steps", "2", "--max-length", "8", *flags)
+    assert code == 2
+    assert err.startswith("error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_choice_is_an_argparse_error(checkpoint, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--checkpoint", checkpoint, "--schedule", "sigmoid"])
+    assert exc.value.code == 2 and capsys.readouterr().err.startswith("error:")
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path, capsys, checkpoint):
+    code, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "nowhere"))
+    assert code == 2 and err.startswith("error:")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 10)
+    code, _, err = run_cli(capsys, "--checkpoint", str(corrupt))
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+def test_python_dash_m_runs_the_same_command(checkpoint):
+    result = subprocess.run(
+        [sys.executable, "-m", "tdlib", "generate", "--checkpoint", checkpoint, "--top-p", "0"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "--top-p" in result.stderr
