@@ -1,0 +1,161 @@
+"""The DenoisingScrubber in a real JupyterLab, driven by headless Chromium.
+
+Starts JupyterLab on 127.0.0.1 with an empty token in a temporary HOME holding a
+tiny notebook, runs its cell, presses Play and checks that the step shown in the
+page advances. Needs Debian's /usr/bin/chromium and the playwright package
+(`apt-get install -y chromium`, `pip install playwright`; never `playwright install`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+]
+REPO = Path(__file__).resolve().parents[1]
+
+NOTEBOOK_CODE = """\
+from types import SimpleNamespace
+import torch
+from tdlib.widgets import DenoisingScrubber
+
+words = ["<s>", "</s>", "<mask>", "The", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat", "."]
+tokenizer = SimpleNamespace(convert_ids_to_tokens=lambda ids: [words[i] for i in ids],
+                            all_special_ids=[0, 1, 2], mask_token_id=2)
+final = torch.tensor([[0, 3, 4, 5, 6, 7, 8, 9, 1]])  # (B, L)
+order = [None, [3, 6], [2, 5], [4], [7]]  # positions revealed at steps 1..4
+tokens = final.expand(5, 1, 9).clone()  # (S+1, B, L)
+revealed = torch.zeros(5, 1, 9, dtype=torch.bool)
+for s in range(1, 5):
+    revealed[s, 0, order[s]] = True
+for s in range(5):
+    tokens[s][revealed[s + 1:].any(0)] = 2
+probs = torch.where(tokens == 2, float("nan"), 0.8)
+given = torch.zeros(1, 9, dtype=torch.bool)
+given[0, [0, 1, 8]] = True
+trajectory = SimpleNamespace(tokens=tokens, revealed=revealed, probs=probs, mask_id=2, given=given)
+DenoisingScrubber(trajectory, tokenizer, interval_ms=400)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited early with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "api/status", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"JupyterLab did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture
+def sync_api():
+    """playwright's sync API, or a skip saying what is missing."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    return pytest.importorskip(
+        "playwright.sync_api", reason="playwright is missing: pip install playwright"
+    )
+
+
+@pytest.fixture
+def jupyterlab(sync_api, tmp_path):
+    """A JupyterLab server on 127.0.0.1 (empty token) whose root holds demo.ipynb; yields its URL."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_CODE)])
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    nbformat.write(notebook, tmp_path / "demo.ipynb")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    env.pop("JUPYTER_CONFIG_DIR", None)
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        f"--ServerApp.root_dir={tmp_path}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    log = open(tmp_path / "jupyterlab.log", "wb")  # noqa: SIM115 -- closed after the server stops
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_server(url, process, timeout=90)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_play_advances_the_scrubber_in_jupyterlab(sync_api, jupyterlab):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(jupyterlab + "lab/tree/demo.ipynb")
+            # the kernel exists only once the status bar names it; an earlier "Idle" leads to a dialog
+            page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).wait_for()
+            page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+            page.keyboard.press("Shift+Enter")
+            readout = page.locator(".widget-readout").first
+            readout.wait_for()
+            assert readout.inner_text().strip() == "0"
+            frame = page.locator(".widget-html-content .td-frame").first
+            assert "step 0 / 4" in frame.inner_text()
+            page.locator(".widget-play button").first.click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.widget-html-content .td-head')]"
+                ".some(e => /step [1-4] \\/ 4/.test(e.textContent))"
+            )
+            assert int(readout.inner_text()) >= 1
+            assert (
+                page.locator(".jp-OutputArea-output .td-frame").count() >= 1
+            )  # the static final frame
+        finally:
+            browser.close()
