@@ -210,6 +210,9 @@ def nelbo(
     ``nelbo_bits_per_char_stderr``, ``nats_per_token`` (per scorable token),
     ``perplexity_bound`` = exp(nats_per_token), ``tokens``, ``characters``,
     ``nelbo_nats``, ``sequences``, ``samples_per_sequence`` and ``stderr_kind``.
+    Every k and M comes from `seed` alone (not from the model or the batch
+    size), so two models scored with one seed see the same masks: their
+    difference is less noisy than their two standard errors suggest.
 
     Standard error. The total is a sum over sequences whose draws are
     independent, so Var(total) = sum_x Var(estimate of x). With

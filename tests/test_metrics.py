@@ -156,3 +156,16 @@ def test_mauve_separates_human_text_from_a_degenerate_loop(featurize):
     same = mauve_score(lines[:40], lines[40:80], featurize, num_buckets=4)
     degenerate = mauve_score(lines[:40], loop, featurize, num_buckets=4)
     assert same > 0.5 and degenerate < 0.1
+
+
+def test_generative_perplexity_with_a_real_causal_lm_ignores_padding(bpe_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(bpe_tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    model = GPT2LMHeadModel(config).eval()
+    texts = ["The import statement", "A much longer line of text about the import system and modules", "x"]
+    one_by_one = generative_perplexity(texts, model, bpe_tokenizer, batch_size=1)
+    padded = generative_perplexity(texts, model, bpe_tokenizer, batch_size=3)
+    assert padded == pytest.approx(one_by_one, rel=1e-5)
+    assert 0.5 * len(bpe_tokenizer) < one_by_one < 2 * len(bpe_tokenizer)  # untrained: about uniform
