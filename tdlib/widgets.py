@@ -37,6 +37,7 @@ from tdlib.sample import SAMPLINGS
 
 HIDDEN_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
 PUNCTUATION = frozenset(".,!?;:)]}%")  # WordPiece splits these off; glue them back on
+MASK_TOKENS = frozenset({"[MASK]", "<mask>"})
 MASK_GLYPH = "\u25af"  # ▯
 
 FRAME_STYLE = "font-family:system-ui,sans-serif;font-size:14px;line-height:2.0;"
@@ -98,6 +99,8 @@ def display_pieces(
     for piece in pieces:
         if piece in special_tokens:
             shown.append(Piece(piece, joins=False, hidden=True))
+        elif piece in MASK_TOKENS:
+            shown.append(Piece(piece, joins=False, hidden=False))
         elif style == "bpe":
             text = _bpe_text(piece).replace("\n", "\u21b5")  # ↵ for a newline
             shown.append(
@@ -179,7 +182,8 @@ def _frame(body: str, head: str, legend: str = "") -> str:
 
 
 def _row(label: str, spans: str) -> str:
-    label_html = f'<span class="td-label" style="color:#888;font-size:11px;margin-right:6px;">{html.escape(label)}</span>'
+    label_style = "color:#888;font-size:11px;margin-right:6px;"
+    label_html = f'<span class="td-label" style="{label_style}">{html.escape(label)}</span>'
     return f'<div class="td-sample" style="margin:2px 0 6px 0;">{label_html}{spans}</div>'
 
 
@@ -236,75 +240,91 @@ def _samples(arrays: _Arrays, sample: int | None, max_samples: int) -> list[int]
     return [sample]
 
 
-def _legend_step() -> str:
-    items = [
-        _span(MASK_GLYPH, "td-mask", STYLES["td-mask"]) + " still masked",
-        _span("word", "td-new", _new_style(0.9))
-        + " revealed at this step (darker = more probable)",
-        _span("word", "td-old", STYLES["td-old"]) + " revealed earlier",
-        _span("word", "td-given", STYLES["td-given"]) + " given (prompt)",
-    ]
-    return _legend(items)
+def _shown_note(arrays: _Arrays, samples: Sequence[int]) -> str:
+    batch = arrays.tokens.shape[1]
+    return f" &middot; showing {len(samples)} of {batch} samples" if len(samples) < batch else ""
+
+
+def _mask_item() -> tuple[Piece, str]:
+    return Piece(MASK_GLYPH, joins=False, hidden=False), _span(
+        MASK_GLYPH, "td-mask", STYLES["td-mask"], "masked"
+    )
 
 
 def _legend(items: Sequence[str]) -> str:
+    style = "color:#666;font-size:11px;border-top:1px solid #eee;margin-top:4px;"
     return (
-        '<div class="td-legend" style="color:#666;font-size:11px;border-top:1px solid #eee;margin-top:4px;">'
-        + " &nbsp;&middot;&nbsp; ".join(items)
-        + "</div>"
+        f'<div class="td-legend" style="{style}">' + " &nbsp;&middot;&nbsp; ".join(items) + "</div>"
+    )
+
+
+def _legend_step() -> str:
+    return _legend(
+        [
+            _span(MASK_GLYPH, "td-mask", STYLES["td-mask"]) + " still masked",
+            _span("word", "td-new", _new_style(0.9))
+            + " revealed at this step (darker = more probable)",
+            _span("word", "td-old", STYLES["td-old"]) + " revealed earlier",
+            _span("word", "td-given", STYLES["td-given"]) + " given (prompt)",
+        ]
+    )
+
+
+def _final_style(alpha: float) -> str:
+    return f"{STYLES['td-final']}background:rgba(70,130,180,{alpha:.2f});"
+
+
+def _legend_final() -> str:
+    return _legend(
+        [
+            _span("early", "td-final", _final_style(0.7)) + " revealed early",
+            _span("late", "td-final", _final_style(0.1)) + " revealed late",
+            _span("word", "td-given", STYLES["td-given"]) + " given (prompt)",
+        ]
     )
 
 
 def render_step_html(
     trajectory, step: int, tokenizer, sample: int | None = None, *, max_samples: int = 8
 ) -> str:
-    """HTML of the canvas after `step`: masks, tokens revealed now (shaded by probability), earlier and given ones."""
+    """HTML of the canvas after `step`: masks, tokens revealed now (shaded by p), earlier and given ones."""
     arrays = _arrays(trajectory)
     check(0 <= step <= arrays.num_steps, f"step {step} is outside 0..{arrays.num_steps}")
-    tokens, revealed, probs = (
-        arrays.tokens[step],
-        arrays.revealed[step],
-        arrays.probs[step],
-    )  # (B, L) each
+    tokens = arrays.tokens[step]  # (B, L)
+    revealed = arrays.revealed[step]  # (B, L)
+    probs = arrays.probs[step]  # (B, L)
+    samples = _samples(arrays, sample, max_samples)
     rows = []
-    for b in _samples(arrays, sample, max_samples):
+    for b in samples:
         items = []
         for j, piece in enumerate(token_pieces(tokenizer, tokens[b])):
+            p = float(probs[b, j])
             if tokens[b, j] == arrays.mask_id:
-                items.append(
-                    (
-                        Piece(MASK_GLYPH, False, False),
-                        _span(MASK_GLYPH, "td-mask", STYLES["td-mask"], "masked"),
-                    )
-                )
+                items.append(_mask_item())
             elif piece.hidden:
                 continue
             elif arrays.given[b, j]:
                 items.append((piece, _span(piece.text, "td-given", STYLES["td-given"], "given")))
             elif revealed[b, j]:
-                p = float(probs[b, j])
                 items.append((piece, _span(piece.text, "td-new", _new_style(p), _prob_title(p))))
             else:
-                items.append(
-                    (
-                        piece,
-                        _span(
-                            piece.text, "td-old", STYLES["td-old"], _prob_title(float(probs[b, j]))
-                        ),
-                    )
-                )
+                items.append((piece, _span(piece.text, "td-old", STYLES["td-old"], _prob_title(p))))
         rows.append(_row(f"sample {b}", _join_spans(items)))
-    still_masked = int((tokens == arrays.mask_id).sum())
-    new = int(revealed.sum())
-    head = f"step {step} / {arrays.num_steps} &middot; {new} revealed at this step &middot; {still_masked} still masked"
+    head = (
+        f"step {step} / {arrays.num_steps} &middot; {int(revealed[samples].sum())} revealed at this step"
+        f" &middot; {int((tokens[samples] == arrays.mask_id).sum())} still masked{_shown_note(arrays, samples)}"
+    )
     return _frame("".join(rows), head, _legend_step())
+
+
+def _last_reveal(revealed: np.ndarray) -> np.ndarray:
+    last_from_end = np.argmax(revealed[::-1], axis=0)  # (B, L) steps counted back from S
+    return np.where(revealed.any(axis=0), revealed.shape[0] - 1 - last_from_end, 0)
 
 
 def reveal_steps(trajectory) -> np.ndarray:
     """For each position, the last step at which it was revealed (0 if never), shape (B, L)."""
-    revealed = _arrays(trajectory).revealed  # (S+1, B, L)
-    last_from_end = np.argmax(revealed[::-1], axis=0)  # steps counted back from S
-    return np.where(revealed.any(axis=0), revealed.shape[0] - 1 - last_from_end, 0)
+    return _last_reveal(_arrays(trajectory).revealed)
 
 
 def render_final_html(
@@ -314,46 +334,32 @@ def render_final_html(
     arrays = _arrays(trajectory)
     num_steps = arrays.num_steps
     tokens, probs = arrays.tokens[-1], arrays.probs[-1]  # (B, L) each
-    when = reveal_steps(trajectory)  # (B, L)
+    when = _last_reveal(arrays.revealed)  # (B, L)
+    samples = _samples(arrays, sample, max_samples)
     rows = []
-    for b in _samples(arrays, sample, max_samples):
+    for b in samples:
         items = []
         for j, piece in enumerate(token_pieces(tokenizer, tokens[b])):
+            k = int(when[b, j])
             if tokens[b, j] == arrays.mask_id:
-                items.append(
-                    (
-                        Piece(MASK_GLYPH, False, False),
-                        _span(MASK_GLYPH, "td-mask", STYLES["td-mask"], "masked"),
-                    )
-                )
+                items.append(_mask_item())
             elif piece.hidden:
                 continue
-            elif arrays.given[b, j] or when[b, j] == 0:
+            elif arrays.given[b, j] or k == 0:
                 items.append((piece, _span(piece.text, "td-given", STYLES["td-given"], "given")))
             else:
-                k = int(when[b, j])
-                alpha = 0.1 + 0.6 * (
-                    1 - (k - 1) / max(num_steps - 1, 1)
-                )  # step 1 darkest, step S lightest
-                title = f"revealed at step {k}" + (
-                    f", {_prob_title(float(probs[b, j]))}"
-                    if _prob_title(float(probs[b, j]))
-                    else ""
+                # shade from 0.7 (revealed at step 1) down to 0.1 (revealed at step S)
+                alpha = 0.1 + 0.6 * (1 - (k - 1) / max(num_steps - 1, 1))
+                title = ", ".join(
+                    filter(None, [f"revealed at step {k}", _prob_title(float(probs[b, j]))])
                 )
-                style = f"{STYLES['td-final']}background:rgba(70,130,180,{alpha:.2f});"
-                items.append((piece, _span(piece.text, "td-final", style, title)))
+                items.append((piece, _span(piece.text, "td-final", _final_style(alpha), title)))
         rows.append(_row(f"sample {b}", _join_spans(items)))
-    head = f"final text after {num_steps} steps &middot; darker = revealed earlier (hover for step and probability)"
-    legend = _legend(
-        [
-            _span("early", "td-final", f"{STYLES['td-final']}background:rgba(70,130,180,0.70);")
-            + " revealed early",
-            _span("late", "td-final", f"{STYLES['td-final']}background:rgba(70,130,180,0.10);")
-            + " revealed late",
-            _span("word", "td-given", STYLES["td-given"]) + " given (prompt)",
-        ]
+    head = (
+        f"final text after {num_steps} steps &middot; darker = revealed earlier"
+        f" (hover for step and probability){_shown_note(arrays, samples)}"
     )
-    return _frame("".join(rows), head, legend)
+    return _frame("".join(rows), head, _legend_final())
 
 
 def render_tokens_html(
@@ -361,30 +367,22 @@ def render_tokens_html(
     tokenizer,
     masked: Sequence[bool] | None = None,
     protected: Sequence[bool] | None = None,
-    mask_id: int | None = None,
 ) -> str:
     """HTML of one row of ids: masked positions as chips, protected (given) tokens bold."""
     ids = [int(i) for i in _numpy(ids).reshape(-1)]
-    masked = [False] * len(ids) if masked is None else [bool(m) for m in _numpy(masked).reshape(-1)]
+    masked = np.zeros(len(ids), bool) if masked is None else _numpy(masked).reshape(-1).astype(bool)
     protected = (
-        [False] * len(ids)
+        np.zeros(len(ids), bool)
         if protected is None
-        else [bool(p) for p in _numpy(protected).reshape(-1)]
+        else _numpy(protected).reshape(-1).astype(bool)
     )
     items = []
-    for piece, is_masked, is_protected, token in zip(
-        token_pieces(tokenizer, ids), masked, protected, ids, strict=True
-    ):
-        if is_masked or (mask_id is not None and token == mask_id):
-            items.append(
-                (
-                    Piece(MASK_GLYPH, False, False),
-                    _span(MASK_GLYPH, "td-mask", STYLES["td-mask"], "masked"),
-                )
-            )
+    for j, piece in enumerate(token_pieces(tokenizer, ids)):
+        if masked[j]:
+            items.append(_mask_item())
         elif piece.hidden:
             continue
-        elif is_protected:
+        elif protected[j]:
             items.append((piece, _span(piece.text, "td-given", STYLES["td-given"], "protected")))
         else:
             items.append((piece, _span(piece.text, "td-old", STYLES["td-old"])))

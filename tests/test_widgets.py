@@ -127,6 +127,7 @@ def trajectory(tokenizer):
 def test_display_words_wordpiece():
     pieces = ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]", "[PAD]"]
     assert widgets.display_words(pieces) == ["the", "cats", "sat."]
+    assert widgets.display_words(["[CLS]", "the", "[MASK]", "##s"]) == ["the", "[MASK]s"]
 
 
 def test_display_words_byte_level_bpe():
@@ -144,7 +145,7 @@ def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
         ("<s>", False, True),
         ("The", True, False),
         ("s", True, False),
-        ("<mask>", True, False),
+        ("<mask>", False, False),
     ]
     wp = widgets.token_pieces(tokenizer, ids(tokenizer, "[CLS] cat ##s [MASK]"))
     assert [p.hidden for p in wp] == [True, False, False, False]  # the mask is never hidden
@@ -194,7 +195,10 @@ def test_all_samples_when_sample_is_none(trajectory, tokenizer):
     html = widgets.render_step_html(trajectory, 3, tokenizer)
     assert html.count('class="td-sample"') == 2
     assert spans(html, "td-new") == ["s", ".", "on", "mat"]  # sample 0 then sample 1
-    assert "sample 1" in html
+    assert "sample 1" in html and "showing" not in html
+    assert "showing 1 of 2 samples" in widgets.render_step_html(
+        trajectory, 3, tokenizer, max_samples=1
+    )
 
 
 def test_html_is_escaped(tokenizer):
