@@ -1,0 +1,192 @@
+"""The training loop: checkpoints, metrics, exact resume, overfitting, distributed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tdlib.errors import UserError
+from tdlib.masking import MaskingCollator
+from tdlib.model import validate_model_dir
+from tdlib.train import MaskedDiffusionLoss, TrainConfig, lr_at, preset, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke(out, **kw) -> TrainConfig:
+    values = dict(output_dir=str(out), max_steps=8, eval_steps=4, save_steps=4)
+    values.update(kw)
+    return preset("smoke", **values)
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    seen = []
+    result = train(smoke(out), progress=False, callbacks=[seen.append])
+    return out, result, seen
+
+
+def test_smoke_run_writes_checkpoints_and_metrics(finished_run):
+    out, result, seen = finished_run
+    assert result.final_step == 8
+    assert validate_model_dir(out / "final-model") is None
+    assert validate_model_dir(out / "checkpoint-4") is None
+    assert (out / "checkpoint-4" / "trainer_state.pt").is_file()
+    assert (out / "latest").read_text().strip() == "checkpoint-4"
+    assert not (out / "latest").is_symlink()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records == [json.loads(json.dumps(r)) for r in seen]  # callbacks see what the file holds
+    trains = [r for r in records if "loss" in r]
+    assert [r["step"] for r in trains] == [2, 4, 6, 8]
+    assert all({"loss", "lr", "tokens_per_s"} <= r.keys() for r in trains)
+    evals = [r for r in records if "eval_loss_by_ratio" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert set(evals[0]["eval_loss_by_ratio"]) == {"1.0", "0.9", "0.8", "0.7", "0.6", "0.5", "0.4", "0.3", "0.2", "0.1"}
+    assert 0 < evals[-1]["nelbo_bits_per_char"] < 20
+
+
+def test_existing_run_is_not_overwritten_without_resume(finished_run):
+    out, _, _ = finished_run
+    with pytest.raises(UserError, match="--resume"):
+        train(smoke(out), progress=False)
+
+
+def test_stopped_run_resumes_to_identical_weights(finished_run, tmp_path):
+    out, _, _ = finished_run
+    stopped = tmp_path / "stopped"
+    train(smoke(stopped, time_budget_s=0.0), progress=False)  # stops (and saves) after one step
+    assert (stopped / "latest").read_text().strip() == "checkpoint-1"
+    train(smoke(stopped), resume=True, progress=False)
+    assert same(weights(stopped / "final-model"), weights(out / "final-model"))
+    steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [2, 4, 6, 8]  # nothing lost, nothing twice
+
+
+def _train_cmd(out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "tdlib", "train", "--preset", "smoke", "--max-steps", str(steps),
+            "--save-steps", "3", "--eval-steps", "100", "--output-dir", str(out), "--quiet"]
+
+
+@pytest.mark.slow
+def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_train_cmd(full, 9), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(killed, 9), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "latest").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "latest").exists(), "the run never wrote its first checkpoint"
+    assert not (killed / "final-model").exists()
+    subprocess.run(_train_cmd(killed, 9) + ["--resume"], check=True, env=env, capture_output=True)
+    assert same(weights(killed / "final-model"), weights(full / "final-model"))
+
+
+def test_truncated_newest_checkpoint_is_skipped_on_resume(finished_run, tmp_path):
+    out, _, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    shutil.rmtree(run / "final-model")
+    # a second, damaged checkpoint named as newest
+    shutil.copytree(run / "checkpoint-4", run / "checkpoint-6")
+    w = run / "checkpoint-6" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    (run / "latest").write_text("checkpoint-6\n")
+    from tdlib.train import resolve_checkpoint_for_resume
+
+    assert resolve_checkpoint_for_resume(run).name == "checkpoint-4"
+
+
+def test_loss_falls_when_overfitting_one_batch(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config)  # fresh weights
+    texts = ["the cat sat on the mat and the dog sat on the log"] * 4
+    enc = tokenizer(texts, padding="max_length", max_length=24, return_tensors="pt")
+    examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
+    batch = MaskingCollator(tokenizer, mask_probs=[0.5], prefix_length=0, seed=0)(examples)
+    loss_fn = MaskedDiffusionLoss(model, "uniform")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = loss_fn(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"], batch["scorable"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_elbo_weighting_divides_by_t(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config).eval()  # no dropout: both losses see the same logits
+    enc = tokenizer(["one two three four five six seven"] * 2, return_tensors="pt")
+    examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
+    batch = MaskingCollator(tokenizer, mask_probs=[0.5], prefix_length=0, seed=1)(examples)
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"], batch["scorable"])
+    with torch.no_grad():
+        uniform = MaskedDiffusionLoss(model, "uniform")(*args)
+        elbo = MaskedDiffusionLoss(model, "elbo")(*args)
+    masked = (batch["labels"] != -100).sum()
+    expected = uniform * masked / 0.5 / batch["scorable"].sum()
+    assert torch.allclose(elbo, expected, rtol=1e-5)
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=4)
+    lrs = [lr_at(s, cfg, 10) for s in range(10)]
+    assert lrs[:4] == sorted(lrs[:4]) and lrs[3] < 1.0
+    assert lrs[4:] == sorted(lrs[4:], reverse=True)
+    assert lr_at(10, cfg, 10) == 0.0
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(prefix_length=200), "prefix-length"),
+        (dict(mask_probs=(1.5,)), "outside"),
+        (dict(loss_weighting="nope"), "loss-weighting"),
+        (dict(batch_size=0), "batch-size"),
+        (dict(learning_rate=-1.0), "learning-rate"),
+    ],
+)
+def test_bad_settings_are_user_errors(overrides, match):
+    with pytest.raises(UserError, match=match):
+        preset("smoke", **overrides)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tdlib", "train", "--preset", "smoke", "--max-steps", "4", "--save-steps", "2",
+           "--eval-steps", "100", "--output-dir", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert validate_model_dir(out / "checkpoint-2") is None
+    assert validate_model_dir(out / "final-model") is None
+    trains = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in trains] == [2, 4]  # one writer: no duplicated lines from the second process
