@@ -33,7 +33,9 @@ from matplotlib.figure import Figure
 
 from tdlib import plots
 from tdlib.errors import check
+from tdlib.masking import mask_tokens, protected_positions
 from tdlib.sample import SAMPLINGS
+from tdlib.schedules import SCHEDULES, masked_counts
 
 HIDDEN_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
 PUNCTUATION = frozenset(".,!?;:)]}%")  # WordPiece splits these off; glue them back on
@@ -438,6 +440,9 @@ class DenoisingScrubber:
 # ---------------------------------------------------------------- training metrics
 
 
+FINAL_EVENTS = ("end", "stopped", "interrupted")  # tdlib.train's last record of a run
+
+
 class LiveLossView:
     """A training callback that shows progress and redraws the loss figures at each evaluation."""
 
@@ -462,6 +467,9 @@ class LiveLossView:
             nelbo = record.get("nelbo_bits_per_char")
             suffix = f" &middot; NELBO {nelbo:.3f} bits/char" if nelbo is not None else ""
             self.status.value = f"step {record['step']} &middot; evaluated{suffix}"
+            self.redraw()
+        if record.get("event") in FINAL_EVENTS:
+            self.status.value = f"step {record['step']} &middot; {record['event']}"
             self.redraw()
 
     def figure(self) -> Figure:
@@ -494,8 +502,6 @@ def show_run(run_dir, *, log_scale: bool = False) -> Figure:
 
 def schedule_table_html(schedule: str, num_steps: int, num_masked: int) -> str:
     """HTML table: tokens still masked and revealed at each step of a schedule."""
-    from tdlib.schedules import masked_counts
-
     counts = masked_counts(schedule, num_masked, num_steps)  # length num_steps + 1
     cell = "padding:0 8px;text-align:right;"
     rows = [
@@ -519,8 +525,6 @@ class ScheduleExplorer:
     """Pick a schedule, a number of steps and of masked tokens; see the counts per step."""
 
     def __init__(self, schedule: str = "cosine", num_steps: int = 16, num_masked: int = 64):
-        from tdlib.schedules import SCHEDULES
-
         self.schedule = widgets.Dropdown(
             options=list(SCHEDULES), value=schedule, description="schedule"
         )
@@ -706,8 +710,6 @@ def masked_at_ratio(
     x0: torch.Tensor, t: float, mask_id: int, protected: torch.Tensor | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`tdlib.masking.mask_tokens` with a freshly seeded generator: the masked set grows with t."""
-    from tdlib.masking import mask_tokens
-
     generator = torch.Generator().manual_seed(
         seed
     )  # same uniforms for every t -> nested masked sets
@@ -720,8 +722,6 @@ class MaskingExplorer:
     def __init__(
         self, text: str, tokenizer, *, ratio: float = 0.5, prefix_length: int = 0, seed: int = 0
     ):
-        from tdlib.masking import protected_positions
-
         self.tokenizer = tokenizer
         self.seed = seed
         self.x0 = torch.as_tensor([tokenizer(text)["input_ids"]])  # (1, L)

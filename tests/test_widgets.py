@@ -262,7 +262,12 @@ def test_live_loss_view_redraws_on_eval(tmp_path):
     assert first[:4] == b"\x89PNG" and "2.500 bits/char" in view.status.value
     view(record(20, eval_loss_by_ratio={"1.0": 4.0, "0.5": 2.0}, nelbo_bits_per_char=2.0))
     assert view.image.value != first
-    assert len(view.records) == 4
+    second = view.image.value
+    view(record(25, loss=1.0, lr=1e-4))
+    assert view.image.value == second  # training records alone do not redraw
+    view(record(25, event="end", final_model="final-model"))
+    assert "end" in view.status.value and view.image.value != second
+    assert len(view.records) == 6
     assert len(view.figure().axes) == 3  # training loss, eval by ratio, colorbar
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in view.records))
