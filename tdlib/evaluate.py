@@ -313,6 +313,8 @@ def discrete_bound(
     entropy). On a 3-state Markov chain with 4 tokens (entropy 3.29 nats), the
     average NELBO_K is 4.08 for the grid {1}, 3.67 for {1, .5}, 3.36 for
     {1, .9, ..., .1} and 3.30 for 100 levels; the continuous bound is 3.29.
+    For a learned denoiser either bound may come out lower: they bound the
+    likelihoods of two different generative models built from the same network.
 
     Returns the fields of `nelbo` (standard error across sequences, since each
     sequence gets one draw per level) plus ``levels``, ``bits_per_char_by_level``

@@ -291,7 +291,7 @@ def test_cli_report_is_deterministic(checkpoint, capsys):
 
 @pytest.mark.parametrize(
     "flags",
-    [["--samples", "0"], ["--max-length", "4000"], ["--dataset", "no-such-corpus"], ["--max-characters", "0"]],
+    [["--samples", "0"], ["--max-length", "4000"], ["--max-length", "3"], ["--dataset", "no-such-corpus"], ["--max-characters", "0"]],
 )
 def test_cli_bad_input_is_a_user_error(checkpoint, flags):
     with pytest.raises(UserError):

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     max_length = args.max_length or trained.get("max_length") or 128
     mode = args.mode or trained.get("example_mode") or "lines"
 
+    check(max_length >= 4, f"--max-length must be at least 4, got {max_length}")
     model, tokenizer = load_checkpoint(model_dir)
     check(tokenizer.mask_token_id is not None, f"the tokenizer in {model_dir} has no mask token; is it a masked LM?")
     limit = _position_limit(model)
