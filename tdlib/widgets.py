@@ -38,7 +38,11 @@ from tdlib.sample import SAMPLINGS
 from tdlib.schedules import SCHEDULES, masked_counts
 
 HIDDEN_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
-PUNCTUATION = frozenset(".,!?;:)]}%")  # WordPiece splits these off; glue them back on
+# WordPiece splits punctuation off; glue it back on: closers to the word before, openers to the
+# word after, an apostrophe to both ("isn ' t" -> "isn't")
+CLOSERS = frozenset(".,!?;:)]}%>")
+OPENERS = frozenset("([{<$")
+APOSTROPHES = frozenset({"'", "\u2019"})
 MASK_TOKENS = frozenset({"[MASK]", "<mask>"})
 MASK_GLYPH = "\u25af"  # ▯
 
@@ -98,6 +102,7 @@ def display_pieces(
     if style == "auto":
         style = _guess_style(pieces)
     shown = []
+    glue_next = False
     for piece in pieces:
         if piece in special_tokens:
             shown.append(Piece(piece, joins=False, hidden=True))
@@ -105,15 +110,13 @@ def display_pieces(
             shown.append(Piece(piece, joins=False, hidden=False))
         elif style == "bpe":
             text = _bpe_text(piece).replace("\n", "\u21b5")  # ↵ for a newline
-            shown.append(
-                Piece(text.lstrip(" ") or text, joins=not text.startswith(" "), hidden=False)
-            )
+            shown.append(Piece(text.lstrip(" "), joins=not text.startswith(" "), hidden=False))
         elif piece.startswith("##"):
             shown.append(Piece(piece[2:], joins=True, hidden=False))
         else:
-            shown.append(
-                Piece(piece, joins=bool(piece) and set(piece) <= PUNCTUATION, hidden=False)
-            )
+            joins = glue_next or piece in CLOSERS or piece in APOSTROPHES
+            shown.append(Piece(piece, joins=joins, hidden=False))
+        glue_next = style == "wordpiece" and (piece in OPENERS or piece in APOSTROPHES)
     return shown
 
 

@@ -128,11 +128,19 @@ def test_display_words_wordpiece():
     pieces = ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]", "[PAD]"]
     assert widgets.display_words(pieces) == ["the", "cats", "sat."]
     assert widgets.display_words(["[CLS]", "the", "[MASK]", "##s"]) == ["the", "[MASK]s"]
+    pieces = ["fox", "'", "s", "isn", "'", "t", "<", "simple", ">", ",", "(", "a", ")"]
+    assert widgets.display_words(pieces, style="wordpiece") == [
+        "fox's",
+        "isn't",
+        "<simple>,",
+        "(a)",
+    ]
 
 
 def test_display_words_byte_level_bpe():
     pieces = ["<s>", "The", "Ġcat", "s", "Ġsat", "ĠcafÃ©", "Ġ<", "b", ">", "</s>", "<pad>"]
     assert widgets.display_words(pieces) == ["The", "cats", "sat", "café", "<b>"]
+    assert widgets.display_words(["ĠThe", "Ġ", "qu", "ick", "Ċ", "Ġx"]) == ["The", "quick↵", "x"]
 
 
 def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
