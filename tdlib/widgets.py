@@ -46,9 +46,13 @@ APOSTROPHES = frozenset({"'", "\u2019"})
 MASK_TOKENS = frozenset({"[MASK]", "<mask>"})
 MASK_GLYPH = "\u25af"  # ▯
 
-FRAME_STYLE = "font-family:system-ui,sans-serif;font-size:14px;line-height:2.0;"
+FONT = "font-family:system-ui,sans-serif;"
+FRAME_STYLE = f"{FONT}font-size:14px;line-height:2.0;"
 STYLES = {
-    "td-mask": "background:#d4d4d4;color:#6b6b6b;border-radius:3px;padding:0 5px;font-family:monospace;",
+    "td-mask": (
+        "display:inline-block;min-width:1.6em;text-align:center;line-height:1.4;"
+        "background:#d4d4d4;color:#6b6b6b;border-radius:3px;font-family:monospace;"
+    ),
     "td-new": "border-radius:3px;padding:1px 2px;outline:1px solid #d96c00;",
     "td-old": "color:#222;",
     "td-given": "font-weight:bold;text-decoration:underline;color:#123;",
@@ -521,7 +525,9 @@ def schedule_table_html(schedule: str, num_steps: int, num_masked: int) -> str:
     caption = (
         f"<caption>{html.escape(schedule)}: {num_masked} masked tokens, {num_steps} steps</caption>"
     )
-    return f"<table class='td-schedule' style='font-size:12px;'>{caption}{''.join(rows)}</table>"
+    return (
+        f"<table class='td-schedule' style='{FONT}font-size:12px;'>{caption}{''.join(rows)}</table>"
+    )
 
 
 class ScheduleExplorer:
@@ -649,10 +655,12 @@ def sampling_table_html(
         else f"T={temperature:g}, top-k={top_k or 'off'}, top-p={top_p:g}"
     )
     summary = (
-        f"<div class='td-summary' style='font-size:12px;color:#555'>kept {int(kept.sum())} of "
+        f"<div class='td-summary' style='{FONT}font-size:12px;color:#555'>kept {int(kept.sum())} of "
         f"{kept.numel()} tokens ({settings})</div>"
     )
-    return f"<table class='td-sampling' style='font-size:12px;'>{''.join(rows)}</table>{summary}"
+    return (
+        f"<table class='td-sampling' style='{FONT}font-size:12px;'>{''.join(rows)}</table>{summary}"
+    )
 
 
 class SamplingExplorer:
@@ -745,7 +753,7 @@ class MaskingExplorer:
         xt, masked = masked_at_ratio(self.x0, t, mask_id, self.protected, self.seed)  # (1, L) each
         maskable = int((~self.protected).sum())
         head = (
-            f"<div class='td-head' style='color:#555;font-size:12px'>t = {t:.2f}: "
+            f"<div class='td-head' style='{FONT}color:#555;font-size:12px'>t = {t:.2f}: "
             f"{int(masked.sum())} of {maskable} maskable tokens masked</div>"
         )
         return head + render_tokens_html(xt[0], self.tokenizer, masked[0], self.protected[0])
