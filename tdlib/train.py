@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tdlib.causal import CausalLoss, build_causal_model, causal_nll, load_causal
 from tdlib.data import Examples, get_split, load_corpus, make_examples
 from tdlib.errors import UserError, check
 from tdlib.masking import (
@@ -56,6 +57,7 @@ from tdlib.model import (
 )
 
 WEIGHTINGS = ("uniform", "elbo")
+OBJECTIVES = ("diffusion", "causal")
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = "training_config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -65,6 +67,7 @@ METRICS_FILE = "metrics.jsonl"
 class TrainConfig:
     """Every setting of a training run; the presets below fill it for common cases."""
 
+    objective: str = "diffusion"  # "diffusion" (masked) or "causal" (the autoregressive baseline)
     model_name: str = "minilm"  # "minilm", "scratch", a hub id or a local directory
     dataset: str = "pydoc"  # see tdlib.data.load_corpus
     data_dir: str | None = None
@@ -90,10 +93,12 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 42
     scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
+    causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
 
     def validate(self) -> TrainConfig:
         """Check every value; raise UserError naming the flag to fix."""
+        check(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}")
         check(self.example_mode in ("lines", "packed"), f"unknown example mode {self.example_mode!r}")
         check(self.masking in MASKING_MODES, f"unknown masking mode {self.masking!r}")
         check(self.loss_weighting in WEIGHTINGS, f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}")
@@ -247,10 +252,27 @@ def _check_output_dir(out: Path, resume: bool) -> None:
         )
 
 
+def clean_batch(examples: list[dict[str, torch.Tensor]], tokenizer) -> dict[str, torch.Tensor]:
+    """Unmasked examples stacked for the causal baseline: input_ids, attention_mask, scorable."""
+    x0 = torch.stack([e["input_ids"] for e in examples])  # (B, L)
+    am = torch.stack([e["attention_mask"] for e in examples])
+    return {"input_ids": x0, "attention_mask": am, "scorable": ~protected_positions(x0, tokenizer, am, 0)}
+
+
 def evaluate_model(model, tokenizer, examples: Examples, config: TrainConfig, step: int) -> dict:
-    """The evaluation record: loss per ratio on fixed masks and the NELBO in bits per char."""
+    """The evaluation record: loss per ratio on fixed masks and the NELBO in bits per char.
+
+    For the causal baseline: its exact NLL in bits per char instead.
+    """
     from tdlib.evaluate import loss_by_ratio, nelbo
 
+    if config.objective == "causal":
+        x0, am = examples.input_ids, examples.attention_mask
+        scored = causal_nll(model, x0, ~protected_positions(x0, tokenizer, am, 0), attention_mask=am,
+                            num_characters=examples.num_characters, batch_size=config.batch_size)
+        model.train()
+        return {"step": step, "nll_bits_per_char": scored["nll_bits_per_char"],
+                "eval_nats_per_token": scored["nats_per_token"]}
     denoiser = as_denoiser(model, masked_only=True)
     x0, am = examples.input_ids, examples.attention_mask
     scorable_prefix = ~protected_positions(x0, tokenizer, am, config.prefix_length)
@@ -299,14 +321,18 @@ def train(
 
     corpus = load_corpus(config.dataset, config.data_dir)
     train_lines = get_split(corpus, "train")
+    causal = config.objective == "causal"
     if resume_from is not None:
-        model, tokenizer = load_model(str(resume_from), device="cpu")
+        model, tokenizer = (load_causal(resume_from) if causal else load_model(str(resume_from), device="cpu"))
     else:
         _set_step_seed(config.seed, -1)
         model, tokenizer = load_model(
             config.model_name, corpus_lines=train_lines, device="cpu",
             **({"max_length": max(config.max_length, 128), **config.scratch} if config.model_name == "scratch" else {}),
         )
+        if causal:  # same tokenizer and size, autoregressive
+            model = build_causal_model(tokenizer, model.config, max_length=config.max_length, seed=config.seed,
+                                       **config.causal)
     check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
     train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
     valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
@@ -326,7 +352,7 @@ def train(
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = {"fused": True} if torch.cuda.is_available() else {}
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, **fused)
-    loss_module = MaskedDiffusionLoss(model, config.loss_weighting)
+    loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting)
 
     start_step = 0
     if resume_from is not None:
@@ -390,7 +416,8 @@ def train(
             batch_ids = order[within * config.batch_size : (within + 1) * config.batch_size]
             _set_step_seed(config.seed, step)
             collator.generator.manual_seed(config.seed * 1_000_003 + step)
-            batch = collator([train_examples[int(i)] for i in batch_ids])
+            examples = [train_examples[int(i)] for i in batch_ids]
+            batch = clean_batch(examples, tokenizer) if causal else collator(examples)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config, total_steps)
             step_loss = 0.0
@@ -398,8 +425,11 @@ def train(
                 start = a * micro + rank * per_rank  # this process's rows of this micro-batch
                 part = {k: v[start : start + per_rank].to(device) for k, v in batch.items()}
                 with autocast(device):
-                    loss = loss_module(part["input_ids"], part["attention_mask"], part["labels"], part["t"],
-                                       part["scorable"])
+                    if causal:
+                        loss = loss_module(part["input_ids"], part["attention_mask"], part["scorable"])
+                    else:
+                        loss = loss_module(part["input_ids"], part["attention_mask"], part["labels"], part["t"],
+                                           part["scorable"])
                 loss = loss / config.grad_accum
                 if a < config.grad_accum - 1:
                     with accelerator.no_sync(loss_module):

@@ -190,3 +190,23 @@ def test_two_cpu_processes_under_accelerate_launch(tmp_path):
     assert validate_model_dir(out / "final-model") is None
     trains = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert [r["step"] for r in trains] == [2, 4]  # one writer: no duplicated lines from the second process
+
+
+def test_causal_baseline_trains_resumes_and_scores_exact_nll(finished_run, tmp_path):
+    from tdlib.causal import causal_nll, load_causal
+
+    full, stopped = tmp_path / "ar", tmp_path / "ar-stopped"
+    result = train(smoke(full, objective="causal"), progress=False)
+    assert "nll_bits_per_char" in result.last_eval and result.last_eval["nll_bits_per_char"] > 0
+    train(smoke(stopped, objective="causal", time_budget_s=0.0), progress=False)
+    train(smoke(stopped, objective="causal"), resume=True, progress=False)
+    assert same(weights(stopped / "final-model"), weights(full / "final-model"))
+    model, tokenizer = load_causal(full / "final-model")
+    assert model.config.vocab_size == len(tokenizer)  # the masked model's tokenizer, shared
+    # exact NLL: a sum of per-token terms, so scoring two halves adds up to scoring the whole
+    ids = tokenizer(["def f(x): return x", "class A: pass"], padding=True, return_tensors="pt")
+    scorable = ids["attention_mask"].bool() & ~torch.isin(ids["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    whole = causal_nll(model, ids["input_ids"], scorable, attention_mask=ids["attention_mask"], num_characters=30)
+    halves = [causal_nll(model, ids["input_ids"][i : i + 1], scorable[i : i + 1],
+                         attention_mask=ids["attention_mask"][i : i + 1], num_characters=30) for i in range(2)]
+    assert whole["nll_bits_per_char"] == pytest.approx(sum(h["nll_bits_per_char"] for h in halves), rel=1e-5)

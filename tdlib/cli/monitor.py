@@ -58,6 +58,9 @@ def summarize(records: list[dict]) -> str:
         by_ratio = sorted(((float(k), v) for k, v in last["eval_loss_by_ratio"].items()), reverse=True)
         lines.append("  ratio " + " ".join(f"{t:>6.2f}" for t, _ in by_ratio))
         lines.append("  loss  " + " ".join(f"{v:>6.3f}" for _, v in by_ratio))
+    nll = [r for r in records if "nll_bits_per_char" in r]
+    if nll:
+        lines.append(f"eval at step {nll[-1]['step']}: NLL {nll[-1]['nll_bits_per_char']:.3f} bits/char (causal)")
     if len(lines) == 1 and not trains:
         lines.append("no training step logged yet")
     return "\n".join(lines)
@@ -73,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check(args.plot.lower().endswith(".png"), f"--plot needs a .png file name, got {args.plot!r}")
     while True:
+        if args.follow and not (run_dir / "metrics.jsonl").exists():
+            print("waiting for the run to write metrics.jsonl ...", flush=True)
+            time.sleep(args.interval)
+            continue
         records = read_metrics(run_dir)
         print(summarize(records), flush=True)
         if not args.follow or any(r.get("event") == "end" for r in records):

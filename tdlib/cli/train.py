@@ -10,10 +10,12 @@ from tdlib.masking import parse_ratios
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib train`; unset flags take the preset's value."""
-    from tdlib.train import PRESETS, WEIGHTINGS
+    from tdlib.train import OBJECTIVES, PRESETS, WEIGHTINGS
 
     a = parser.add_argument
     a("--preset", choices=sorted(PRESETS), default="cpu", help="base settings (default: cpu)")
+    a("--objective", choices=OBJECTIVES,
+      help="diffusion (masked LM, default) or causal (the autoregressive baseline, same tokenizer and size)")
     a("--model-name", help="minilm (packaged), scratch (small RoBERTa + BPE), a hub id or a local folder")
     a("--dataset", help="pydoc (embedded), wikitext-2, wikitext-2-v1, or a text file or folder")
     a("--data-dir", help="folder with train.txt/valid.txt/test.txt for wikitext-2 (e.g. ../shared/data)")
@@ -46,7 +48,7 @@ def config_from_args(args: argparse.Namespace):
     overrides = {
         name: getattr(args, name)
         for name in (
-            "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
+            "objective", "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
             "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
             "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "seed",
         )
@@ -69,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     if result.final_model is None:
         print(f"stopped at step {result.final_step}; continue with: tdlib train --resume --output-dir {result.output_dir}")
         return 0
-    bits = result.last_eval["nelbo_bits_per_char"] if result.last_eval else float("nan")
-    print(f"trained {result.final_step} steps; NELBO {bits:.3f} bits/char; model in {result.final_model}")
+    last = result.last_eval or {}
+    if "nll_bits_per_char" in last:
+        score = f"; NLL {last['nll_bits_per_char']:.3f} bits/char on held-out text"
+    elif "nelbo_bits_per_char" in last:
+        score = f"; NELBO {last['nelbo_bits_per_char']:.3f} bits/char on held-out text"
+    else:
+        score = ""
+    print(f"trained {result.final_step} steps{score}; model in {result.final_model}")
     return 0
