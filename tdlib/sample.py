@@ -23,8 +23,9 @@ generated and runs exactly ``num_steps`` denoiser calls. At each step it
 All samples of a call run as one batch; the only Python loop is over steps.
 Scores ("probabilities") are those of the model's distribution at the chosen
 temperature, softmax(logits / T), before top-k or nucleus truncation.
-Draws use ``torch.multinomial`` with an explicit generator (exact, no Gumbel
-noise), so the same generator seed gives the same output.
+Draws are exact inverse-CDF draws in float64 (one uniform per position, from an
+explicit generator; no Gumbel noise), so the same generator seed gives the same
+output.
 
 `generate` is the high-level entry: tokenizer, canvas, sampling, text. This module
 does not load models or draw anything; `tdlib.widgets` and the CLI render the
@@ -151,6 +152,25 @@ def _top_per_row(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tens
     return (ranks < count[:, None]) & eligible
 
 
+def _categorical(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of non-negative ``weights`` (N, K), drawn exactly by inverse CDF in float64."""
+    cdf = weights.double().cumsum(-1)  # (N, K)
+    u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, generator=generator, device=cdf.device) * cdf[:, -1:]
+    # the first index whose cumulative weight exceeds u; zero-weight entries are never chosen
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
+
+
+def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most likely tokens of each row, in order, enough to hold the nucleus: (probs, ids), (N, K)."""
+    k = min(64, logp.shape[-1])
+    while True:  # widen the candidate set until every row's top-k mass reaches p (rarely more than once)
+        top_logp, ids = logp.topk(k, dim=-1)  # (N, k), sorted
+        probs = top_logp.exp()
+        if k == logp.shape[-1] or bool((probs.sum(-1) >= top_p).all()):
+            return probs, ids
+        k = min(8 * k, logp.shape[-1])
+
+
 def _draw(
     logits: torch.Tensor,
     *,
@@ -161,22 +181,20 @@ def _draw(
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of ``logits`` (N, V); returns (tokens (N,), log-probs (N, V) at T)."""
-    logp = torch.log_softmax(logits / temperature, dim=-1)  # (N, V)
+    logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
     if sampling == "greedy":
         tokens = logp.argmax(-1)
     elif sampling == "topk":
         top_logp, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1)  # (N, k)
-        pick = torch.multinomial(top_logp.exp(), 1, generator=generator)  # (N, 1)
-        tokens = top_ids.gather(1, pick)[:, 0]
+        tokens = top_ids.gather(1, _categorical(top_logp.exp(), generator)[:, None])[:, 0]
     elif top_p >= 1.0:
-        tokens = torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]
+        tokens = _categorical(logp.exp(), generator)
     else:
-        probs, ids = logp.exp().sort(dim=-1, descending=True)  # (N, V)
+        probs, ids = _nucleus(logp, top_p)  # (N, K) each, most likely first
         # nucleus: keep a token while the mass before it is < p, so the token crossing p stays
         keep = probs.cumsum(-1) - probs < top_p
         keep[:, 0] = True
-        pick = torch.multinomial(probs * keep, 1, generator=generator)  # (N, 1)
-        tokens = ids.gather(1, pick)[:, 0]
+        tokens = ids.gather(1, _categorical(probs * keep, generator)[:, None])[:, 0]
     return tokens, logp
 
 
@@ -242,9 +260,13 @@ def sample(
             banned["at"] = torch.zeros(xt.shape[1], logits.shape[-1], dtype=torch.bool, device=xt.device)
             for col, ids in (forbidden_at or {}).items():
                 banned["at"][col, list(ids)] = True  # (L, V)
+            banned["cols"] = banned["at"].any(-1)  # (L,) columns with extra bans
         rows, cols = positions.nonzero(as_tuple=True)
         chosen = logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-        chosen.masked_fill_(banned["all"] | banned["at"][cols], float("-inf"))  # (N, V)
+        chosen.masked_fill_(banned["all"], float("-inf"))  # (N, V)
+        extra = banned["cols"][cols].nonzero()[:, 0]  # rows of `chosen` at columns with extra bans
+        if len(extra):
+            chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
         tokens, logp = _draw(
             chosen, sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )

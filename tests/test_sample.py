@@ -143,6 +143,13 @@ def test_nucleus_keeps_the_token_that_crosses_p():
     assert abs(share - 0.5 / 0.8) < 0.05
 
 
+def test_nucleus_of_a_flat_distribution_holds_many_tokens():
+    # 300 equally likely tokens, p = 0.495: the nucleus is 149 tokens (wider than a first top-64 guess)
+    out = sample(fixed_denoiser(torch.zeros(10, 300)), torch.full((300, 10), 999), mask_id=999, num_steps=1,
+                 strategy="random", sampling="nucleus", top_p=0.495, generator=torch.Generator().manual_seed(0)).final
+    assert 130 <= len(out.unique()) <= 149
+
+
 def test_forbidden_ids_are_never_emitted():
     logits = random_logits(vocab=8)
     logits[:, :3] += 20  # the model loves the forbidden ids

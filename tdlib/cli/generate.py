@@ -112,9 +112,9 @@ def write_gif_animation(trajectory: Trajectory, tokenizer, path: Path, width: in
     """An animated GIF, one frame per step, the text of every sample (at most 4) drawn with Pillow."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=13)
     texts = _step_texts(trajectory, tokenizer)
-    line_height, margin, columns = 14, 10, (width - 20) // 7
+    line_height, margin, columns = 18, 10, (width - 20) // 7
     frames = []
     for s, rows in enumerate(texts):
         lines = [f"step {s} / {trajectory.num_steps}", ""]
