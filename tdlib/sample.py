@@ -198,10 +198,8 @@ def _draw(
     return tokens, logp
 
 
-def _scores(strategy: str, logp: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Reveal priority of each drawn token (higher first), shape (N,)."""
-    if strategy == "confidence":
-        return logp.gather(1, tokens[:, None])[:, 0].exp()
+def _scores(strategy: str, logp: torch.Tensor) -> torch.Tensor:
+    """Reveal priority (higher first) of positions with log-probs ``logp`` (N, V): margin or entropy."""
     if strategy == "margin":
         top2 = logp.topk(2, dim=-1).values.exp()  # (N, 2)
         return top2[:, 0] - top2[:, 1]
@@ -273,17 +271,17 @@ def sample(
         return rows, cols, tokens, logp
 
     forward_passes = 0
-    for cols, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
+    for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
         logits = denoiser(xt, attention_mask)  # (B, L, V)
         forward_passes += 1
-        active = generated & cols  # (B, L) generated positions of the current block
+        active = generated & block  # (B, L) generated positions of the current block
         masked = active & (xt == mask_id)
-        previous = xt.clone()
         if strategy == "resample":
             # redraw every generated position of the block, then mask a random subset again
-            rows, cols_, tokens, logp = draw_at(active, logits)
-            xt[rows, cols_] = tokens
-            probs[rows, cols_] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
+            previous = xt.clone()
+            rows, cols, tokens, logp = draw_at(active, logits)
+            xt[rows, cols] = tokens
+            probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
             noise = torch.rand(xt.shape, generator=generator, device=xt.device)
             remask = _top_per_row(noise, active, target)
             xt[remask] = mask_id
@@ -294,16 +292,18 @@ def sample(
             if strategy == "random":
                 noise = torch.rand(xt.shape, generator=generator, device=xt.device)
                 revealed = _top_per_row(noise, masked, count)
-                rows, cols_, tokens, logp = draw_at(revealed, logits)
+                rows, cols, tokens, logp = draw_at(revealed, logits)
+                p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
             else:
-                rows, cols_, tokens, logp = draw_at(masked, logits)
+                rows, cols, tokens, logp = draw_at(masked, logits)
+                p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
                 scores = torch.full(xt.shape, float("-inf"), dtype=logp.dtype, device=xt.device)
-                scores[rows, cols_] = _scores(strategy, logp, tokens)
+                scores[rows, cols] = p_token if strategy == "confidence" else _scores(strategy, logp)
                 revealed = _top_per_row(scores, masked, count)
-                keep = revealed[rows, cols_]
-                rows, cols_, tokens, logp = rows[keep], cols_[keep], tokens[keep], logp[keep]
-            xt[rows, cols_] = tokens
-            probs[rows, cols_] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
+                keep = revealed[rows, cols]
+                rows, cols, tokens, p_token = rows[keep], cols[keep], tokens[keep], p_token[keep]
+            xt[rows, cols] = tokens
+            probs[rows, cols] = p_token.float()
         steps_tokens.append(xt.to("cpu", copy=True))
         steps_revealed.append(revealed.to("cpu", copy=True))
         steps_probs.append(probs.to("cpu", copy=True))
