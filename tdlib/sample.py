@@ -368,7 +368,8 @@ def generate(
     The first generated token must start a new word, so each text is the prefix,
     one space, then the generated words. If ``prefix`` contains the tokenizer's
     mask token, the text itself is the canvas and each mask token is filled.
-    ``model`` is a Hugging Face masked LM or any denoiser callable.
+    ``model`` is a Hugging Face masked LM (moved to ``device`` when given) or any
+    denoiser callable; ``seed=None`` draws a fresh seed.
     """
     check_options(
         num_steps=steps,

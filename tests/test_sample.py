@@ -265,9 +265,9 @@ def glue_loving_denoiser(tokenizer):
     return denoiser
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
-def test_generated_text_starts_with_the_prefix_and_a_space(kind, wordpiece, bpe_tokenizer):
-    tokenizer = wordpiece if kind == "wordpiece" else bpe_tokenizer
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "minilm"])
+def test_generated_text_starts_with_the_prefix_and_a_space(kind, wordpiece, bpe_tokenizer, request):
+    tokenizer = {"wordpiece": wordpiece, "bpe": bpe_tokenizer}.get(kind) or request.getfixturevalue("minilm_tokenizer")
     prefix = "The cat"
     texts, traj = generate(glue_loving_denoiser(tokenizer), tokenizer, prefix=prefix, num_samples=8,
                            max_length=12, steps=4, sampling="topk", top_k=50, seed=0)
