@@ -253,15 +253,14 @@ def sample(
 
     def draw_at(positions: torch.Tensor, logits: torch.Tensor):
         if not banned:  # built once the vocabulary size is known
-            banned["all"] = torch.zeros(logits.shape[-1], dtype=torch.bool, device=xt.device)  # (V,)
-            banned["all"][list(forbidden_ids)] = True
+            banned["all"] = torch.tensor(sorted(set(forbidden_ids)), dtype=torch.long, device=xt.device)
             banned["at"] = torch.zeros(xt.shape[1], logits.shape[-1], dtype=torch.bool, device=xt.device)
             for col, ids in (forbidden_at or {}).items():
                 banned["at"][col, list(ids)] = True  # (L, V)
             banned["cols"] = banned["at"].any(-1)  # (L,) columns with extra bans
         rows, cols = positions.nonzero(as_tuple=True)
         chosen = logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-        chosen.masked_fill_(banned["all"], float("-inf"))  # (N, V)
+        chosen.index_fill_(1, banned["all"], float("-inf"))  # (N, V)
         extra = banned["cols"][cols].nonzero()[:, 0]  # rows of `chosen` at columns with extra bans
         if len(extra):
             chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
