@@ -115,3 +115,29 @@ def test_python_dash_m_runs_the_same_command(checkpoint):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2 and result.stderr.startswith("error:") and "--top-p" in result.stderr
+
+
+@pytest.mark.browser
+def test_html_animation_plays_in_chromium(checkpoint, capsys, tmp_path):
+    from pathlib import Path
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium is missing: apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    path = tmp_path / "denoise.html"
+    assert run_cli(capsys, "--checkpoint", checkpoint, "--max-length", "10", "--steps", "3",
+                   "--animation", str(path))[0] == 0
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri())
+        assert page.inner_text("#label") == "step 0 / 3"
+        page.click("#play")
+        page.wait_for_function("document.getElementById('label').textContent === 'step 3 / 3'", timeout=10_000)
+        assert "0 still masked" in page.inner_text("#frame") and page.inner_text("#play") == "play"
+        browser.close()
+    assert errors == []

@@ -97,7 +97,8 @@ button.onclick = () => {{
   button.textContent = "pause";
   timer = setInterval(() => {{
     const s = Number(slider.value) + 1;
-    if (s > {last}) stop(); else show(s);
+    show(s);
+    if (s === {last}) stop();
   }}, 400);
 }};
 show(0);
