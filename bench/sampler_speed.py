@@ -81,7 +81,6 @@ def main() -> None:
     lines = load_corpus("pydoc")["train"]
     model, tokenizer = load_model("scratch", corpus_lines=lines, device="cpu")
     model.eval()
-    denoiser = as_denoiser(model)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: scratch RoBERTa, {params:.1f} M parameters, vocab {len(tokenizer)}; "
           f"canvas {args.max_length} tokens, {args.steps} steps, {args.threads} thread(s)")
@@ -96,7 +95,9 @@ def main() -> None:
             start = time.perf_counter()
             _, trajectory = generate(model, tokenizer, num_samples=4, strategy=strategy, **options)
             t_generate.append(time.perf_counter() - start)
-            t_forward.append(best_time(lambda t=trajectory: replay_forward_passes(denoiser, t), 1))
+            # the same denoiser generate uses: LM head at masked positions only, except for resample
+            denoiser = as_denoiser(model, masked_only=strategy != "resample")
+            t_forward.append(best_time(lambda t=trajectory, d=denoiser: replay_forward_passes(d, t), 1))
         pct = 100 * (min(t_generate) - min(t_forward)) / min(t_generate)
         print(f"{strategy:>10}: generate {min(t_generate):.3f} s, forward passes alone {min(t_forward):.3f} s, "
               f"outside the model {pct:.1f} %")

@@ -332,13 +332,15 @@ def continuation_ids(tokenizer) -> list[int]:
     return sorted(i for t, i in vocab.items() if not t.startswith(marker) and i not in special)
 
 
-def _denoiser_and_device(model, device):
+def _denoiser_and_device(model, device, strategy: str):
+    """A denoiser for ``model`` and the device its inputs go to."""
     if isinstance(model, torch.nn.Module):
         from tdlib.model import as_denoiser
 
         if device is not None:
             model = model.to(device)
-        return as_denoiser(model), next(model.parameters()).device
+        # every strategy but resample reads logits at masked positions only: skip the LM head elsewhere
+        return as_denoiser(model, masked_only=strategy != "resample"), next(model.parameters()).device
     return model, torch.device(device or "cpu")
 
 
@@ -381,7 +383,7 @@ def generate(
     )
     check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
-    denoiser, device = _denoiser_and_device(model, device)
+    denoiser, device = _denoiser_and_device(model, device, strategy)
     start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     mask_id = tokenizer.mask_token_id
