@@ -9,8 +9,9 @@ cost the same as trained ones):
     t_forward replays the very same forward passes (the trajectory's canvases)
     through the same denoiser; target < 10 %;
 (b) ``speedup_vs_loop_sampler``: a seed-style sampler with a Python loop over
-    positions inside each step (same model, shapes, strategy ``resample``) divided
-    by ours;
+    positions inside each step divided by ours (same model, shapes, top-k 50 and
+    strategy ``resample``: the same output distribution; ours also skips the draws
+    at positions it is about to mask again);
 (c) ``samples_per_s_batch_{1,4,16}``: whole samples per second for one call.
 
 Timings are the minimum over repeats (the machine is shared). Figures are

@@ -276,13 +276,14 @@ def sample(
         active = generated & block  # (B, L) generated positions of the current block
         masked = active & (xt == mask_id)
         if strategy == "resample":
-            # redraw every generated position of the block, then mask a random subset again
+            # redraw every generated position of the block, then mask a random subset again; the
+            # subset does not depend on the draws, so pick it first and draw only where tokens stay
             previous = xt.clone()
-            rows, cols, tokens, logp = draw_at(active, logits)
-            xt[rows, cols] = tokens
-            probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
             noise = torch.rand(xt.shape, generator=generator, device=xt.device)
             remask = _top_per_row(noise, active, target)
+            rows, cols, tokens, logp = draw_at(active & ~remask, logits)
+            xt[rows, cols] = tokens
+            probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
             xt[remask] = mask_id
             probs[remask] = float("nan")
             revealed = (xt != previous) & (xt != mask_id)
