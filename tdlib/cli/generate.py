@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same text (default: 0)")
     parser.add_argument("--show-steps", action="store_true", help=f"print the canvas after every step ({MASK_SHOWN} = masked)")
     parser.add_argument("--animation", metavar="FILE", default=None, help="write the denoising as FILE.html (player) or FILE.gif")
-    parser.add_argument("--json", action="store_true", help="print one JSON object: samples, steps, forward_passes, seconds")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: samples, steps, forward_passes, seconds (of sampling, loading excluded)")
 
 
 def canvas_text(ids, tokenizer, mask_id: int) -> str:
