@@ -203,14 +203,24 @@ def test_resample_redraws_and_remasks_to_the_scheduled_count():
     assert any(c.any() for c in changed)
 
 
-def test_confidence_reveals_the_most_certain_position_first():
+@pytest.mark.parametrize("strategy", ["confidence", "margin", "entropy"])
+def test_certain_positions_are_revealed_first(strategy):
     logits = torch.zeros(5, 4)
     logits[3, 2] = 10.0  # position 3 is nearly certain
     logits[1, 0] = 5.0  # position 1 is next
     traj = sample(fixed_denoiser(logits), torch.full((1, 5), 9), mask_id=9, num_steps=5, sampling="greedy",
-                  strategy="confidence")
+                  strategy=strategy)
     order = [int(traj.revealed[s, 0].nonzero()) for s in range(1, 6)]
     assert order[:2] == [3, 1]
+
+
+@pytest.mark.parametrize("strategy,first", [("confidence", 0), ("margin", 1), ("entropy", 0)])
+def test_strategies_rank_positions_by_their_own_score(strategy, first):
+    probs = torch.tensor([[0.5, 0.5, 1e-9, 1e-9],  # top-1 0.5, margin 0, entropy ln 2
+                          [0.45, 0.2, 0.2, 0.15]])  # top-1 0.45, margin 0.25, entropy 1.29
+    traj = sample(fixed_denoiser(probs.log()), torch.full((1, 2), 9), mask_id=9, num_steps=2, sampling="greedy",
+                  strategy=strategy)
+    assert int(traj.revealed[1, 0].nonzero()) == first
 
 
 def test_block_length_generates_blocks_left_to_right():
