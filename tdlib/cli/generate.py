@@ -18,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tdlib.errors import check
+from tdlib.errors import UserError, check
 from tdlib.sample import SAMPLINGS, STRATEGIES, Trajectory, check_options, generate
 from tdlib.schedules import SCHEDULES
 
@@ -181,10 +181,11 @@ def run(args: argparse.Namespace) -> int:
             for b, text in enumerate(rows):
                 print(f"[{b}] {text}" if len(rows) > 1 else text, file=out)
     if animation is not None:
-        if animation.suffix.lower() == ".html":
-            write_html_animation(trajectory, tokenizer, animation)
-        else:
-            write_gif_animation(trajectory, tokenizer, animation)
+        write = write_html_animation if animation.suffix.lower() == ".html" else write_gif_animation
+        try:
+            write(trajectory, tokenizer, animation)
+        except OSError as exc:
+            raise UserError(f"cannot write --animation {animation}: {exc.strerror or exc}") from None
     if args.json:
         print(json.dumps({
             "samples": texts,
