@@ -140,8 +140,9 @@ def _load_pretrained(name_or_path: str):
 
     _quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True)
-        model = AutoModelForMaskedLM.from_pretrained(name_or_path, use_safetensors=True)
+        # trust_remote_code=False: never run a checkpoint's own Python, and never ask whether to
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, use_fast=True, trust_remote_code=False)
+        model = AutoModelForMaskedLM.from_pretrained(name_or_path, use_safetensors=True, trust_remote_code=False)
     except OSError as exc:
         reason = str(exc).splitlines()[0][:200]
         raise UserError(
