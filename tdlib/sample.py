@@ -4,8 +4,9 @@
 generated and runs exactly ``num_steps`` denoiser calls. At each step it
 
 1. calls the denoiser once on the whole batch: ``logits = denoiser(xt)  # (B, L, V)``;
-2. draws a token for every candidate position (greedy, top-k or nucleus, at a
-   temperature; forbidden ids get -inf logits);
+2. draws tokens (greedy, top-k or nucleus, at a temperature; forbidden ids get
+   -inf logits) at every masked position for the score-based strategies, and
+   only where a token will be shown for ``random`` and ``resample``;
 3. decides which positions to reveal so that the number still masked follows the
    schedule (`tdlib.schedules.masked_counts`, counted per row, so rows with
    different numbers of masks, as in infilling, are fine):
@@ -28,7 +29,7 @@ explicit generator; no Gumbel noise), so the same generator seed gives the same
 output.
 
 `generate` is the high-level entry: tokenizer, canvas, sampling, text. This module
-does not load models or draw anything; `tdlib.widgets` and the CLI render the
+does not load models or render anything; `tdlib.widgets` and the CLI render the
 `Trajectory` it returns.
 """
 
@@ -384,6 +385,11 @@ def generate(
     )
     check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
+    limit = tokenizer.model_max_length
+    check(
+        limit > 100_000 or max_length <= limit,  # transformers uses a huge number for "no limit"
+        f"--max-length {max_length} is longer than the model's {limit} positions; use at most {limit}",
+    )
     denoiser, device = _denoiser_and_device(model, device, strategy)
     start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id

@@ -84,6 +84,7 @@ def test_animation_files(checkpoint, capsys, tmp_path, suffix):
         (["--num-samples", "0"], "--num-samples"),
         (["--max-length", "6", "--prefix", "one two three four five six seven"], "prefix"),
         (["--animation", "out.mp4"], ".html or .gif"),
+        (["--max-length", "100"], "positions"),  # the session's tiny model has 64
     ],
 )
 def test_bad_input_is_one_error_line_and_exit_2(checkpoint, capsys, flags, message):
