@@ -90,6 +90,7 @@ class TrainConfig:
     eval_examples: int = 256  # validation blocks scored at each evaluation
     save_steps: int = 1000
     save_total_limit: int | None = 2
+    save_at: tuple[int, ...] = ()  # extra steps to checkpoint at (benchmarks score them afterwards)
     output_dir: str = "runs/default"
     seed: int = 42
     scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
@@ -462,7 +463,7 @@ def train(
                     last_eval = evaluate_model(unwrapped, tokenizer, eval_examples, config, step)
                     emit(last_eval)
                 window_start = time.perf_counter()
-            if step % config.save_steps == 0 and step < total_steps:
+            if (step % config.save_steps == 0 or step in config.save_at) and step < total_steps:
                 save(step)
             budget_over = config.time_budget_s is not None and time.perf_counter() - train_start > config.time_budget_s
             if interrupted["flag"] or budget_over:
