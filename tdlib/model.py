@@ -18,7 +18,9 @@ evaluator use.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import struct
@@ -34,6 +36,7 @@ from tdlib.errors import UserError, check
 BUILTIN_MODELS = ("minilm", "scratch")
 LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpoint
 Denoiser = Callable[..., torch.Tensor]
+logger = logging.getLogger(__name__)  # without handlers, warnings go to stderr as bare lines
 
 
 def pick_device() -> torch.device:
@@ -211,10 +214,25 @@ def save_model(model, tokenizer, directory: str | Path, extra: dict[str, object]
         os.replace(tmp, directory)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and _out_of_space(exc, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full and not isinstance(exc, OSError):  # safetensors and torch.save report it in their own types
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory)) from exc
         raise
     return directory
+
+
+def _out_of_space(exc: Exception, folder: Path) -> bool:
+    """Whether a failed write was a full disk (by errno, message, or no space left beside ``folder``)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(exc) or "os error 28" in str(exc):
+        return True
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -232,9 +250,11 @@ def validate_model_dir(directory: str | Path) -> str | None:
     if not (directory / "config.json").is_file():
         return f"{directory} has no config.json"
     try:
-        json.loads((directory / "config.json").read_text())
+        config = json.loads((directory / "config.json").read_text())
     except (ValueError, OSError):
-        return f"{directory}/config.json is not valid JSON"
+        config = None
+    if not isinstance(config, dict):
+        return f"{directory}/config.json is not a valid JSON object"
     weights = directory / "model.safetensors"
     if not weights.is_file():
         return f"{directory} has no model.safetensors"
@@ -250,6 +270,11 @@ def validate_model_dir(directory: str | Path) -> str | None:
         return f"{weights} is truncated or corrupt"
     if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.json", "vocab.txt")):
         return f"{directory} has no tokenizer files"
+    if (directory / "tokenizer.json").is_file():
+        try:
+            json.loads((directory / "tokenizer.json").read_bytes())
+        except (ValueError, OSError):
+            return f"{directory}/tokenizer.json is truncated or corrupt"
     return None
 
 
@@ -274,20 +299,34 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / LATEST_FILE).is_file():
         candidates.append(path / (path / LATEST_FILE).read_text().strip())
     candidates += list(reversed(list_checkpoints(path)))
+    candidates = list(dict.fromkeys(candidates))  # `latest` also names one of the checkpoints
     check(bool(candidates), f"{path} holds no model: no final-model/ and no checkpoint-STEP/ folders")
     problems = []
     for candidate in candidates:
         problem = validate_model_dir(candidate)
         if problem is None:
+            if problems:  # say what was skipped: a damaged model must not pass silently
+                logger.warning("warning: %s; using %s instead", "; ".join(problems), candidate)
             return candidate
         problems.append(problem)
-    raise UserError(f"no usable checkpoint in {path}: {problems[0]}")
+    raise UserError(
+        f"no usable checkpoint in {path}: {'; '.join(problems)}; "
+        "pass another --checkpoint or train again"
+    )
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None):
     """Load (model, tokenizer) from a run directory or a model directory, in eval mode."""
     model, tokenizer = _load_pretrained(str(resolve_checkpoint(path)))
     return model.to(device or pick_device()).eval(), tokenizer
+
+
+def max_sequence_length(model) -> int | None:
+    """Longest input (in tokens) the model's position embeddings allow, or None if it does not say."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= (model.config.pad_token_id or 0) + 1  # RoBERTa positions start after the padding index
+    return limit
 
 
 def autocast(device: torch.device):
