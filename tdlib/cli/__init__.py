@@ -2,13 +2,14 @@
 
 Each subcommand lives in its own module of this package with two functions,
 ``add_arguments(parser)`` and ``run(args) -> int``; this module wires them
-together. A `UserError` (or an argparse error) becomes one line on stderr
-starting ``error:`` and exit status 2, never a traceback.
+together. A `UserError`, an argparse error, or a full or unwritable filesystem
+becomes one line on stderr starting ``error:`` and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -22,12 +23,18 @@ COMMANDS = {
     "demo": "the main job: train the smoke/cpu model offline, then generate",
 }
 
+_FULL = "free some space or choose another folder (a stopped training run continues with --resume)"
+_DENIED = "check the permissions or choose another folder"
+FILESYSTEM_ERRORS = {  # errno -> what to do
+    errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EROFS: _DENIED, errno.EACCES: _DENIED, errno.EPERM: _DENIED,
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one `error:` line and exit status 2."""
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
-        sys.stderr.write(f"error: {message} (see `tdlib {self.prog.split()[-1]} --help`)\n")
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(2)
 
 
@@ -52,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"error: {message}\n")
+        return 2
+    except OSError as exc:  # a full disk or a folder we may not write: the user's to fix, not a bug
+        if exc.errno not in FILESYSTEM_ERRORS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"error: {exc.strerror}{where}; {FILESYSTEM_ERRORS[exc.errno]}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
