@@ -27,8 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train (or reuse) the preset's model, then generate with the denoising shown."""
     from tdlib.cli import build_parser
+    from tdlib.errors import check
     from tdlib.train import preset, train
 
+    # check the generation flags before minutes of training, not after
+    check(args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}")
+    check(args.steps is None or args.steps >= 1, f"--steps must be at least 1, got {args.steps}")
+    check(args.max_length is None or args.max_length >= 3, f"--max-length must be at least 3, got {args.max_length}")
     out = Path(args.output_dir or f"runs/demo-{args.preset}")
     config = preset(args.preset, output_dir=str(out))
     if (out / "final-model").is_dir():
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         if result.last_eval:
             print(f"== NELBO on held-out text: {result.last_eval['nelbo_bits_per_char']:.3f} bits/char")
     max_length = args.max_length or min(config.max_length, 48)
-    steps = args.steps or max(max_length // 2, 1)
+    steps = args.steps if args.steps is not None else max(max_length // 2, 1)
     print(f"== generating {args.num_samples} samples, {steps} denoising steps, prompt {args.prefix!r}")
     gen = build_parser().parse_args([
         "generate", "--checkpoint", str(out / "final-model"), "--prefix", args.prefix,
