@@ -12,10 +12,13 @@ cost the same as trained ones):
     positions inside each step divided by ours (same model, shapes, top-k 50 and
     strategy ``resample``: the same output distribution; ours also skips the draws
     at positions it is about to mask again);
-(c) ``samples_per_s_batch_{1,4,16}``: whole samples per second for one call.
+(c) ``samples_per_cpu_s_batch_{1,4,16}`` (CPU time) and ``samples_per_s_batch_{1,4,16}``
+    (wall clock): whole samples per second for one call of that batch size.
 
-Timings are the minimum over repeats (the machine is shared). Figures are
-printed last as ``name: value`` lines. Run: ``python bench/sampler_speed.py``.
+Times are CPU seconds of this process with torch on one thread (``--threads 1``,
+the default), the minimum over repeats: on a shared machine wall time mostly
+measures the neighbours, CPU time the work. (c) reports wall-clock throughput
+too. Figures are printed last as ``name: value`` lines. Run: ``python bench/sampler_speed.py``.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ from tdlib.model import as_denoiser, load_model
 from tdlib.sample import generate
 
 
-def best_time(fn, repeats: int) -> float:
-    """Minimum wall time of ``fn()`` over ``repeats`` calls."""
-    times = []
+def best_time(fn, repeats: int) -> tuple[float, float]:
+    """Minimum (CPU seconds of this process, wall seconds) of ``fn()`` over ``repeats`` calls."""
+    cpu, wall = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return min(cpu), min(wall)
 
 
 def replay_forward_passes(denoiser, trajectory) -> None:
@@ -93,14 +97,14 @@ def main() -> None:
     for strategy in ("confidence", "random", "resample"):
         t_generate, t_forward = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start = time.process_time()
             _, trajectory = generate(model, tokenizer, num_samples=4, strategy=strategy, **options)
-            t_generate.append(time.perf_counter() - start)
+            t_generate.append(time.process_time() - start)
             # the same denoiser generate uses: LM head at masked positions only, except for resample
             denoiser = as_denoiser(model, masked_only=strategy != "resample")
-            t_forward.append(best_time(lambda t=trajectory, d=denoiser: replay_forward_passes(d, t), 1))
+            t_forward.append(best_time(lambda t=trajectory, d=denoiser: replay_forward_passes(d, t), 1)[0])
         pct = 100 * (min(t_generate) - min(t_forward)) / min(t_generate)
-        print(f"{strategy:>10}: generate {min(t_generate):.3f} s, forward passes alone {min(t_forward):.3f} s, "
+        print(f"{strategy:>10}: generate {min(t_generate):.3f} CPU s, forward passes alone {min(t_forward):.3f} CPU s, "
               f"outside the model {pct:.1f} %")
         figures[f"sampler_overhead_pct_{strategy}"] = pct
     figures["sampler_overhead_pct"] = figures["sampler_overhead_pct_confidence"]
@@ -108,18 +112,19 @@ def main() -> None:
     # (b) against a per-position Python loop, same work (resample, top-k 50), batch 4
     _, trajectory = generate(model, tokenizer, num_samples=4, strategy="resample", **options)
     x_init = trajectory.tokens[0]
-    t_loop = best_time(lambda: loop_sampler(model, tokenizer, x_init, args.steps, 50, 0), 1)
+    t_loop = best_time(lambda: loop_sampler(model, tokenizer, x_init, args.steps, 50, 0), 1)[0]
     t_ours = best_time(lambda: generate(model, tokenizer, num_samples=4, strategy="resample", **options),
-                       args.repeats)
-    print(f"loop sampler {t_loop:.3f} s vs ours {t_ours:.3f} s (batch 4, resample)")
-    figures["loop_sampler_s"] = t_loop
-    figures["ours_resample_s"] = t_ours
+                       args.repeats)[0]
+    print(f"loop sampler {t_loop:.3f} CPU s vs ours {t_ours:.3f} CPU s (batch 4, resample)")
+    figures["loop_sampler_cpu_s"] = t_loop
+    figures["ours_resample_cpu_s"] = t_ours
     figures["speedup_vs_loop_sampler"] = t_loop / t_ours
 
     # (c) throughput by batch size
     for batch in (1, 4, 16):
-        t = best_time(lambda b=batch: generate(model, tokenizer, num_samples=b, **options), args.repeats)
-        figures[f"samples_per_s_batch_{batch}"] = batch / t
+        cpu, wall = best_time(lambda b=batch: generate(model, tokenizer, num_samples=b, **options), args.repeats)
+        figures[f"samples_per_cpu_s_batch_{batch}"] = batch / cpu
+        figures[f"samples_per_s_batch_{batch}"] = batch / wall
 
     for name, value in figures.items():
         print(f"{name}: {value:.3g}" if abs(value) < 100 else f"{name}: {value:.1f}")
