@@ -184,6 +184,11 @@ def load_model(
         check(corpus_lines is not None, "a scratch model needs corpus lines to train its tokenizer")
         model, tokenizer = build_scratch_model(corpus_lines, **scratch_options)
     else:
+        looks_local = name_or_path.startswith(("/", ".", "~"))  # a hub id never starts so
+        check(
+            not looks_local or Path(name_or_path).expanduser().exists(),
+            f"model folder {name_or_path} does not exist; use minilm, scratch, a hub id or an existing folder",
+        )
         model, tokenizer = _load_pretrained(name_or_path)
     return model.to(device or pick_device()), tokenizer
 
