@@ -1,0 +1,84 @@
+"""The committed course notebooks are executed, clean and shaped like a lesson.
+
+These tests read the .ipynb files only (they run nothing): `pytest notebooks
+--nbval-lax` executes them. Here we check what a reader sees on GitHub or in
+JupyterLab before running anything: outputs (with at least one picture),
+execution counts in order, no saved widget state, the `python3` kernel, the
+five headings every notebook shares, and the single smoke switch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ["01_masking", "02_training", "03_schedules", "04_sampling", "05_evaluation"]
+HEADINGS = ["## Goal", "## Run", "## Look", "## What we saw", "## Exercises"]
+SMOKE_LINE = 'SMOKE = os.environ.get("TDLIB_SMOKE") == "1"'
+
+
+def _load(name: str) -> dict:
+    return json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+
+
+def _source(cell: dict) -> str:
+    source = cell["source"]
+    return source if isinstance(source, str) else "".join(source)
+
+
+def _code(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_every_notebook_is_committed():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_present_with_a_picture(name):
+    cells = _code(_load(name))
+    outputs = [o for c in cells for o in c["outputs"]]
+    assert any(c["outputs"] for c in cells), f"{name} has no outputs: execute it before committing"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} has no image/png output"
+    errors = [o.get("ename") for o in outputs if o["output_type"] == "error"]
+    assert not errors, f"{name} was committed with errors: {errors}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_execution_counts_in_order(name):
+    counts = [c["execution_count"] for c in _code(_load(name))]
+    assert counts == list(range(1, len(counts) + 1)), f"{name}: execute top to bottom in a fresh kernel ({counts})"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_widget_state_and_python3_kernel(name):
+    nb = _load(name)
+    assert "widgets" not in nb["metadata"], f"{name}: strip metadata.widgets after executing"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lesson_headings(name):
+    lines = {line.strip() for c in _load(name)["cells"] if c["cell_type"] == "markdown"
+             for line in _source(c).splitlines()}
+    missing = [h for h in HEADINGS if h not in lines]
+    assert not missing, f"{name} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_smoke_switch_at_the_top(name):
+    cells = _code(_load(name))
+    assert SMOKE_LINE in _source(cells[0]), f"{name}: the first code cell must set the smoke switch"
+    assert sum(_source(c).count("TDLIB_SMOKE") for c in cells) == 1, f"{name}: read TDLIB_SMOKE once"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checked_outputs_are_deterministic_cells_only(name):
+    for cell in _code(_load(name)):
+        if "# NBVAL_CHECK_OUTPUT" in _source(cell):
+            assert "generate(" not in _source(cell) and "train(" not in _source(cell), (
+                f"{name}: only deterministic cells may be output-checked"
+            )
