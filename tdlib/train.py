@@ -469,6 +469,9 @@ def train(
             if interrupted["flag"] or budget_over:
                 stopped_early = True
                 break
+    except torch.cuda.OutOfMemoryError:
+        bar.close()
+        raise UserError(out_of_memory_advice(config)) from None
     except KeyboardInterrupt:
         bar.close()
         if step > start_step:
@@ -493,6 +496,16 @@ def train(
                            extra={CONFIG_FILE: dataclasses.asdict(config)})
         emit({"step": step, "event": "end", "final_model": "final-model"})
     return TrainResult(out, step, final, last_eval, stopped_early)
+
+
+def out_of_memory_advice(config: TrainConfig) -> str:
+    """What to try after the GPU ran out of memory: half the micro-batch, same effective batch."""
+    micro = config.batch_size // config.grad_accum
+    if micro > 1:
+        return (f"out of GPU memory at {micro} examples per micro-batch; keep the batch and halve the "
+                f"micro-batch with --grad-accum {config.grad_accum * 2} (or try --batch-size {config.batch_size // 2}), "
+                "then --resume")
+    return f"out of GPU memory even at 1 example per micro-batch; lower --max-length (now {config.max_length})"
 
 
 def resolve_checkpoint_for_resume(run_dir: Path) -> Path:
