@@ -1,0 +1,88 @@
+"""SIGKILL a real `python -m tdlib train` at random points, resume each time, and end exactly
+where a run that never stopped ends: same logged losses, same final weights.
+
+The kill points are drawn from a seeded generator, so a failure can be replayed.
+Each kill waits for a checkpoint newer than the one the process started from, then a
+random delay: kills land during training steps, evaluation and checkpoint writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tdlib.model import validate_model_dir
+
+STEPS, SAVE_STEPS, KILLS = 16, 2, 3
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "tdlib", "train", "--preset", "smoke", "--max-steps", str(STEPS),
+            "--save-steps", str(SAVE_STEPS), "--eval-steps", "100", "--output-dir", str(out), "--quiet"]
+
+
+def latest(out: Path) -> str | None:
+    try:
+        return (out / "latest").read_text().strip()
+    except OSError:
+        return None
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not predicate() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_repeated_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
+    rng = random.Random(8)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    reference = subprocess.Popen(train_cmd(full), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_points = []  # (checkpoint when killed, delay after it appeared)
+    resume = []
+    while len(kill_points) < KILLS:
+        started_from = latest(killed)
+        proc = subprocess.Popen(train_cmd(killed) + resume, env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_for(lambda: latest(killed) not in (None, started_from), proc)  # noqa: B023 - polled now
+        if proc.poll() is not None:
+            break  # it finished before a new checkpoint could be followed by a kill
+        delay = rng.uniform(0.0, 0.8)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        kill_points.append((latest(killed), round(delay, 2)))
+        resume = ["--resume"]
+    print(f"kill points: {kill_points}")
+    assert len(kill_points) >= 2, f"expected repeated kills, got {kill_points}"
+    subprocess.run(train_cmd(killed) + ["--resume"], env=ENV, check=True, capture_output=True)
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err.decode()
+
+    def losses(out: Path) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in records(out) if "loss" in r]
+
+    # every training step logged exactly once, with the loss of the uninterrupted run
+    assert [s for s, _ in losses(killed)] == list(range(2, STEPS + 1, 2))
+    assert losses(killed) == losses(full)
+    assert sum(r.get("event") == "resume" for r in records(killed)) >= len(kill_points)
+    assert [r["step"] for r in records(killed) if r.get("event") == "end"] == [STEPS]
+    a = load_file(str(full / "final-model" / "model.safetensors"))
+    b = load_file(str(killed / "final-model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert validate_model_dir(killed / latest(killed)) is None
