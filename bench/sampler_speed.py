@@ -2,7 +2,8 @@
 
 Measured in one run on a small from-scratch RoBERTa (`tdlib.model.load_model("scratch")`,
 4 layers, 256 wide, BPE trained on the embedded pydoc corpus; untrained weights
-cost the same as trained ones):
+cost the same as trained ones), or with ``--model minilm`` on the packaged
+MiniLM-L6 (30k-token vocabulary):
 
 (a) ``sampler_overhead_pct``: the share of a `tdlib.sample.generate` call spent
     outside the model, 100 * (t_generate - t_forward) / t_generate, where
@@ -80,14 +81,16 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="scratch", choices=["scratch", "minilm"],
+                        help="scratch RoBERTa (default) or the packaged MiniLM-L6 (30k vocabulary)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    lines = load_corpus("pydoc")["train"]
-    model, tokenizer = load_model("scratch", corpus_lines=lines, device="cpu")
+    lines = load_corpus("pydoc")["train"] if args.model == "scratch" else None
+    model, tokenizer = load_model(args.model, corpus_lines=lines, device="cpu")
     model.eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model: scratch RoBERTa, {params:.1f} M parameters, vocab {len(tokenizer)}; "
+    print(f"model: {args.model}, {params:.1f} M parameters, vocab {len(tokenizer)}; "
           f"canvas {args.max_length} tokens, {args.steps} steps, {args.threads} thread(s)")
     options = dict(prefix="The class", max_length=args.max_length, steps=args.steps, seed=0)
     generate(model, tokenizer, **options)  # warm-up
