@@ -188,8 +188,8 @@ def minilm_featurizer(
             "or pass model_path= a local encoder folder",
         )
         model_path = str(path)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    encoder = AutoModel.from_pretrained(model_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    encoder = AutoModel.from_pretrained(model_path, use_safetensors=True, trust_remote_code=False).eval()
 
     @torch.no_grad()
     def featurize(texts: Sequence[str]) -> np.ndarray:
