@@ -357,7 +357,13 @@ def train(
 
     start_step = 0
     if resume_from is not None:
-        state = torch.load(resume_from / STATE_FILE, weights_only=True)
+        try:
+            state = torch.load(resume_from / STATE_FILE, weights_only=True)  # tensors only: never runs code
+        except Exception as exc:
+            raise UserError(
+                f"cannot resume from {resume_from / STATE_FILE}: not a plain saved state ({type(exc).__name__}); "
+                f"delete {resume_from.name} to resume from an earlier checkpoint"
+            ) from None
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
@@ -499,13 +505,14 @@ def train(
 
 
 def out_of_memory_advice(config: TrainConfig) -> str:
-    """What to try after the GPU ran out of memory: half the micro-batch, same effective batch."""
+    """What to try after the GPU ran out of memory: smaller micro-batches, same effective batch."""
     micro = config.batch_size // config.grad_accum
-    if micro > 1:
-        return (f"out of GPU memory at {micro} examples per micro-batch; keep the batch and halve the "
-                f"micro-batch with --grad-accum {config.grad_accum * 2} (or try --batch-size {config.batch_size // 2}), "
-                "then --resume")
-    return f"out of GPU memory even at 1 example per micro-batch; lower --max-length (now {config.max_length})"
+    accum = next((a for a in range(config.grad_accum + 1, config.batch_size + 1) if config.batch_size % a == 0), None)
+    if accum is None:
+        return f"out of GPU memory even at 1 example per micro-batch; lower --max-length (now {config.max_length})"
+    return (f"out of GPU memory at {micro} examples per micro-batch; keep the batch with --grad-accum {accum} "
+            f"({config.batch_size // accum} examples at a time) or try --batch-size {max(config.batch_size // 2, 1)}, "
+            "then --resume")
 
 
 def resolve_checkpoint_for_resume(run_dir: Path) -> Path:
