@@ -134,8 +134,8 @@ PRESETS: dict[str, dict] = {
     # offline, about 10 minutes on a 2-core laptop (see README for how it was chosen)
     "cpu": dict(
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
-        prefix_length=5, masking="continuous", loss_weighting="elbo", max_steps=200,
-        batch_size=16, learning_rate=1e-4, warmup_steps=20, eval_steps=100, save_steps=100,
+        prefix_length=5, masking="continuous", loss_weighting="elbo", max_steps=250,
+        batch_size=16, learning_rate=1e-4, warmup_steps=25, eval_steps=125, save_steps=125,
         eval_examples=32, log_steps=5,
     ),
     # seconds: tests, CI and notebook smoke runs
