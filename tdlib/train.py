@@ -495,6 +495,9 @@ def train(
         emit({"step": step, "event": "stopped", "reason": "SIGTERM" if interrupted["flag"] else "time budget"})
         if interrupted["flag"]:
             return TrainResult(out, step, None, last_eval, stopped_early=True)
+        if is_main and (last_eval is None or last_eval["step"] != step):  # a budget stop is a normal end
+            last_eval = evaluate_model(unwrapped, tokenizer, eval_examples, config, step)
+            emit(last_eval)
     final = None
     accelerator.wait_for_everyone()
     if is_main:
