@@ -29,6 +29,19 @@ FILESYSTEM_ERRORS = {  # errno -> what to do
     errno.ENOSPC: _FULL, errno.EDQUOT: _FULL, errno.EROFS: _DENIED, errno.EACCES: _DENIED, errno.EPERM: _DENIED,
 }
 
+MAX_SEED = 2**32  # seeds are combined with step numbers, so they must stay far from int64 overflow
+
+
+def seed_value(text: str) -> int:
+    """argparse type of every --seed flag: an integer in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: use a whole number") from None
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {value} is out of range: use 0 .. {MAX_SEED - 1}")
+    return value
+
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one `error:` line and exit status 2."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tdlib.cli import seed_value
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib demo`."""
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: half the length)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per sample (default: preset's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_value, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+from tdlib.cli import seed_value
 from tdlib.data import MODES, get_split, load_corpus, make_examples
 from tdlib.errors import check
 from tdlib.evaluate import DEFAULT_RATIOS, discrete_bound, nelbo
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--samples", type=int, default=1, help="NELBO draws per block (>1 gives a Monte Carlo stderr)")
     parser.add_argument("--batch-size", type=int, default=16, help="blocks per forward pass")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the masks (same seed, same masks)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="seed of the masks (same seed, same masks)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
 
 

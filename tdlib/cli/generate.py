@@ -18,6 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tdlib.cli import seed_value
 from tdlib.errors import UserError, check
 from tdlib.sample import SAMPLINGS, STRATEGIES, Trajectory, check_options, generate
 from tdlib.schedules import SCHEDULES
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, > 0 (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=50, help="tokens kept by --sampling topk (default: 50)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass for --sampling nucleus, in (0, 1] (default: 0.9)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same text (default: 0)")
+    parser.add_argument("--seed", type=seed_value, default=0, help="random seed; same seed, same text (default: 0)")
     parser.add_argument("--show-steps", action="store_true", help=f"print the canvas after every step ({MASK_SHOWN} = masked)")
     parser.add_argument("--animation", metavar="FILE", default=None, help="write the denoising as FILE.html (player) or FILE.gif")
     parser.add_argument("--json", action="store_true", help="print one JSON object: samples, steps, forward_passes, seconds (of sampling, loading excluded)")

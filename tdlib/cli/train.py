@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tdlib.cli import seed_value
 from tdlib.errors import UserError
 from tdlib.masking import parse_ratios
 
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--time-budget", type=float, dest="time_budget_s", help="stop and save after this many seconds")
     a("--output-dir", help="run directory (default: runs/PRESET)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    a("--seed", type=int)
+    a("--seed", type=seed_value)
     a("--quiet", action="store_true", help="no progress bar")
 
 
