@@ -123,6 +123,7 @@ GENERATE = [
     ("prefix-longer-than-sequence", ["--prefix", "one two three four five six seven eight", "--max-length", "8"],
      "leaving no room in --max-length 8"),
     ("unknown-schedule", ["--schedule", "quadratic"], "invalid choice: 'quadratic'"),
+    ("seed-overflows-int64", ["--seed", str(2**70)], "out of range"),
     ("animation-suffix", ["--animation", "out.txt"], "must end in .html or .gif"),
     ("missing-checkpoint", ["--checkpoint", "{missing}"], "does not exist"),
     ("causal-lm-checkpoint", ["--checkpoint", "{gpt2}"], "is not a masked language model"),
@@ -135,6 +136,7 @@ EVALUATE = [
     ("max-length-past-positions", ["--max-length", "100000"], "exceeds the model's 64 positions"),
     ("max-characters-0", ["--max-characters", "0"], "--max-characters must be >= 1"),
     ("split-unknown", ["--split", "dev"], "invalid choice: 'dev'"),
+    ("seed-negative", ["--seed", "-1"], "seed -1 is out of range"),
     ("unknown-dataset", ["--dataset", "wikitext-103"], "unknown dataset 'wikitext-103'"),
     ("non-utf8-dataset", ["--dataset", "{latin1}"], "is not UTF-8 text"),
     ("blank-dataset", ["--dataset", "{blank}"], "has no text"),
@@ -155,6 +157,7 @@ TRAIN = [
     ("learning-rate-0", ["--learning-rate", "0"], "--learning-rate must be > 0"),
     ("learning-rate-nan", ["--learning-rate", "nan"], "--learning-rate must be > 0"),
     ("epochs-0", ["--epochs", "0"], "--epochs must be > 0"),
+    ("seed-too-large", ["--seed", str(10**15)], "out of range"),
     ("unknown-preset", ["--preset", "huge"], "invalid choice: 'huge'"),
     ("unknown-dataset", ["--dataset", "wikitext-103"], "unknown dataset 'wikitext-103'"),
     ("non-utf8-dataset", ["--dataset", "{latin1}"], "is not UTF-8 text"),
@@ -178,6 +181,7 @@ DEMO = [
     ("steps-0", ["--steps", "0"], "--steps must be at least 1"),
     ("max-length-2", ["--max-length", "2"], "--max-length must be at least 3"),
     ("unknown-preset", ["--preset", "seed"], "invalid choice: 'seed'"),
+    ("seed-not-int", ["--seed", "abc"], "invalid seed 'abc'"),
 ]
 
 
