@@ -346,6 +346,18 @@ def _denoiser_and_device(model, device, strategy: str):
     return model, torch.device(device or "cpu")
 
 
+def _position_limit(model, tokenizer) -> int | None:
+    """Longest canvas the model takes: its position embeddings, else the tokenizer's limit, else None."""
+    if isinstance(model, torch.nn.Module):
+        from tdlib.model import max_sequence_length
+
+        limit = max_sequence_length(model)
+        if limit is not None:
+            return limit
+    limit = tokenizer.model_max_length
+    return limit if limit <= 100_000 else None  # transformers uses a huge number for "no limit"
+
+
 def generate(
     model,
     tokenizer,
@@ -385,12 +397,12 @@ def generate(
     )
     check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
-    limit = tokenizer.model_max_length
-    check(
-        limit > 100_000 or max_length <= limit,  # transformers uses a huge number for "no limit"
-        f"--max-length {max_length} is longer than the model's {limit} positions; use at most {limit}",
-    )
     denoiser, device = _denoiser_and_device(model, device, strategy)
+    limit = _position_limit(model, tokenizer)
+    check(
+        limit is None or max_length <= limit,
+        f"--max-length {max_length} exceeds the model's {limit} positions; use --max-length {limit} or less",
+    )
     start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     mask_id = tokenizer.mask_token_id

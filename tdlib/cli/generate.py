@@ -157,12 +157,9 @@ def run(args: argparse.Namespace) -> int:
         animation is None or animation.parent.is_dir(),
         f"--animation {args.animation}: folder {animation.parent if animation else ''} does not exist",
     )
-    from tdlib.model import load_checkpoint, max_sequence_length
+    from tdlib.model import load_checkpoint
 
     model, tokenizer = load_checkpoint(args.checkpoint)
-    limit = max_sequence_length(model)
-    check(limit is None or args.max_length <= limit,
-          f"--max-length {args.max_length} exceeds the model's {limit} positions; use --max-length {limit} or less")
     texts, trajectory = generate(
         model,
         tokenizer,
