@@ -7,10 +7,11 @@ refreshes) and after it ended (``--plot`` writes the per-ratio loss curves).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from tdlib.errors import check
+from tdlib.errors import UserError, check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +67,40 @@ def summarize(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the summary (repeatedly with --follow) and write the plot if asked."""
+NUMBERS = ("loss", "lr", "tokens_per_s", "elapsed_s", "max_steps", "nelbo_bits_per_char", "nll_bits_per_char")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_record(r) -> bool:
+    """Whether ``r`` has the shape `summarize` reads (a step, numbers where numbers belong)."""
+    if not (isinstance(r, dict) and isinstance(r.get("step"), int) and all(_is_number(r[k]) for k in NUMBERS if k in r)):
+        return False
+    by_ratio = r.get("eval_loss_by_ratio", {})
+    try:
+        return isinstance(by_ratio, dict) and all(_is_number(v) and float(k) >= 0 for k, v in by_ratio.items())
+    except ValueError:
+        return False
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    """The run's metrics records; a file that is not tdlib metrics is a `UserError`, not a crash."""
     from tdlib.plots import read_metrics
 
+    try:
+        records = read_metrics(run_dir)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"the metrics of {run_dir} are not UTF-8 text (byte {exc.start}); is it a tdlib run?") from None
+    for number, record in enumerate(records, start=1):
+        check(_is_record(record), f"record {number} of the metrics of {run_dir} is not a tdlib metrics record: "
+                                  f"{json.dumps(record)[:80]}")
+    return records
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the summary (repeatedly with --follow) and write the plot if asked."""
     run_dir = Path(args.run_dir)
     check(run_dir.exists(), f"{run_dir} does not exist; pass the --output-dir of a training run")
     check(args.interval > 0, "--interval must be > 0")
@@ -80,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             print("waiting for the run to write metrics.jsonl ...", flush=True)
             time.sleep(args.interval)
             continue
-        records = read_metrics(run_dir)
+        records = read_records(run_dir)
         print(summarize(records), flush=True)
         if not args.follow or any(r.get("event") == "end" for r in records):
             break
