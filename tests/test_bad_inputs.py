@@ -54,9 +54,16 @@ def files(scratch, tmp_path_factory) -> dict[str, str]:
         json.dumps({"step": 0, "event": "start", "max_steps": 2}) + "\n"
         + "".join(json.dumps({"step": s, "loss": 5.0 - s, "lr": 1e-3, "tokens_per_s": 10.0}) + "\n" for s in (1, 2))
     )
-    broken_metrics = root / "broken-metrics"
-    broken_metrics.mkdir()
-    (broken_metrics / "metrics.jsonl").write_text('{"step": 0}\nnot json at all\n{"step": 1, "loss": 1.0}\n')
+    broken = {
+        "broken_metrics": b'{"step": 0}\nnot json at all\n{"step": 1, "loss": 1.0}\n',
+        "latin1_metrics": '{"step": 0, "note": "caf\xe9"}\n'.encode("latin-1"),
+        "list_metrics": b"[1, 2]\n",
+        "stepless_metrics": b'{"loss": 1.0}\n',
+        "text_loss_metrics": b'{"step": 1, "loss": "low"}\n',
+    }
+    for name, content in broken.items():
+        (root / name).mkdir()
+        (root / name / "metrics.jsonl").write_bytes(content)
     # a causal LM (not a masked LM), saved the Hugging Face way
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=16, n_head=2, n_positions=64))
     gpt2.save_pretrained(root / "gpt2")
@@ -77,7 +84,7 @@ def files(scratch, tmp_path_factory) -> dict[str, str]:
     return {
         "ckpt": str(ckpt), "run": str(run), "gpt2": str(root / "gpt2"), "nomask": str(root / "nomask"),
         "latin1": str(root / "latin1.txt"), "blank": str(root / "blank.txt"), "missing": str(root / "missing"),
-        "broken_metrics": str(broken_metrics), "root": str(root),
+        **{name: str(root / name) for name in broken}, "root": str(root),
         "new": str(root / "new-run"), "huge": "word " * 20_000,  # 100k characters
     }
 
@@ -174,6 +181,10 @@ MONITOR = [
     ("interval-not-number", ["{run}", "--interval", "soon"], "invalid float value"),
     ("plot-not-png", ["{run}", "--plot", "curves.pdf"], "needs a .png file name"),
     ("corrupt-metrics", ["{broken_metrics}"], "is not valid JSON"),
+    ("non-utf8-metrics", ["{latin1_metrics}"], "not UTF-8 text"),
+    ("metrics-not-objects", ["{list_metrics}"], "is not a tdlib metrics record"),
+    ("metrics-without-step", ["{stepless_metrics}"], "is not a tdlib metrics record"),
+    ("metrics-loss-not-a-number", ["{text_loss_metrics}"], "is not a tdlib metrics record"),
 ]
 DEMO = [
     ("num-samples-0", ["--num-samples", "0"], "--num-samples must be at least 1"),
