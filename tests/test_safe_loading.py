@@ -129,7 +129,6 @@ def test_resume_never_unpickles_code_from_trainer_state(resumable_run, tmp_path,
     assert not marker.exists()
 
 
-@pytest.mark.xfail(reason="train.py lets torch's UnpicklingError escape as a traceback (fix in the issue 8 report)")
 def test_resume_refuses_a_trainer_state_that_is_not_plain_tensors(resumable_run, tmp_path, capsys):
     run, marker = tmp_path / "run", tmp_path / "marker"
     shutil.copytree(resumable_run, run)
