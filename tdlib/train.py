@@ -53,6 +53,7 @@ from tdlib.model import (
     list_checkpoints,
     load_model,
     masked_logits,
+    max_sequence_length,
     save_model,
 )
 
@@ -335,6 +336,9 @@ def train(
             model = build_causal_model(tokenizer, model.config, max_length=config.max_length, seed=config.seed,
                                        **config.causal)
     check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
+    limit = max_sequence_length(model)
+    check(limit is None or config.max_length <= limit,
+          f"--max-length {config.max_length} is longer than the model's {limit} positions; use --max-length {limit} or less")
     train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
     valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
     eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode).subset(
