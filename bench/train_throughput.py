@@ -65,7 +65,7 @@ from tdlib.train import MaskedDiffusionLoss, lr_at, preset
 class TdlibRunner:
     """tdlib's training step, exactly as in `tdlib.train.train`'s loop (one process, no accumulation)."""
 
-    def __init__(self, name, model, tokenizer, examples, config, total_steps):
+    def __init__(self, name, model, tokenizer, examples, config, total_steps, fused: bool = False):
         self.name, self.model, self.examples, self.config = name, model, examples, config
         self.total_steps = total_steps
         self.collator = MaskingCollator(tokenizer, config.mask_probs, mode=config.masking,
@@ -74,28 +74,38 @@ class TdlibRunner:
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate,
+                                           **({"fused": True} if fused else {}))
         self.step_count = 0
+        self.phase_seconds: dict[str, list[float]] = {}
         model.train()
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Label a part of the step for the profiler and record its wall time."""
+        start = time.perf_counter()
+        with record_function(name):
+            yield
+        self.phase_seconds.setdefault(name, []).append(time.perf_counter() - start)
 
     def step(self, rows: list[int]) -> tuple[int, int]:
         """One optimizer step on ``rows``; returns (real tokens, positions the LM head ran on)."""
         config, step = self.config, self.step_count
         torch.manual_seed(config.seed * 1_000_003 + step)
         self.collator.generator.manual_seed(config.seed * 1_000_003 + step)
-        with record_function("data"):
+        with self.phase("data"):
             batch = self.collator([self.examples[i] for i in rows])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(step, config, self.total_steps)
-        with record_function("forward"):
+        with self.phase("forward"):
             loss = self.loss_module(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"],
                                     batch["scorable"])
-        with record_function("backward"):
+        with self.phase("backward"):
             loss.backward()
             loss.item()
-        with record_function("clip"):
+        with self.phase("clip"):
             torch.nn.utils.clip_grad_norm_(self.loss_module.parameters(), config.max_grad_norm)
-        with record_function("optimizer"):
+        with self.phase("optimizer"):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
@@ -257,6 +267,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--loop-check", type=int, default=0, metavar="STEPS",
                         help="also run tdlib.train.train (cpu preset) for STEPS steps and report its tokens_per_s")
+    parser.add_argument("--fused-adamw", action="store_true",
+                        help="add a fourth runner: (c) with fused AdamW (a proposed change to tdlib.train)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="instead: profile STEPS steps of the cpu preset's step and print the top costs")
     args = parser.parse_args()
@@ -292,17 +304,24 @@ def main() -> int:
         TdlibRunner("tdlib_packed", model, tokenizer, packed_examples, preset("cpu", **overrides, max_steps=total),
                     total),
     ]
+    if args.fused_adamw:
+        runners.append(TdlibRunner("tdlib_packed_fused", copy.deepcopy(model), tokenizer, packed_examples,
+                                   preset("cpu", **overrides, max_steps=total), total, fused=True))
     peak_before = matmul_peak_gflops()
     results: dict[str, list[tuple[float, int, int]]] = {r.name: [] for r in runners}
     for r in range(args.rounds):
         rows = slice(r * steps_per_round * batch, (r + 1) * steps_per_round * batch)
         for k in range(len(runners)):  # rotate who goes first, so no runner always follows the same one
             runner = runners[(r + k) % len(runners)]
-            order = packed_order if runner.name == "tdlib_packed" else line_order
+            order = packed_order if runner.name.startswith("tdlib_packed") else line_order
             results[runner.name] += runner.round(order[rows], batch)
             print(f"round {r + 1}/{args.rounds} {runner.name}: median step "
                   f"{median([s for s, _, _ in results[runner.name]]):.2f} s", file=sys.stderr)
     peak = max(peak_before, matmul_peak_gflops())
+    for runner in runners:
+        if isinstance(runner, TdlibRunner):
+            print(f"{runner.name} median s per phase: " + ", ".join(
+                f"{k} {median(v):.3f}" for k, v in runner.phase_seconds.items()), file=sys.stderr)
 
     counts = mlm_flop_counts(model)
     figures: dict[str, object] = {}
@@ -325,6 +344,8 @@ def main() -> int:
         figures["tdlib_loop_packed_tokens_per_s"] = loop_check(args, args.loop_check)
     figures["train_speedup_vs_trainer_lines"] = rates["tdlib_lines"] / rates["trainer"]
     figures["train_speedup_vs_trainer"] = rates["tdlib_packed"] / rates["trainer"]
+    if args.fused_adamw:
+        figures["fused_adamw_speedup"] = rates["tdlib_packed_fused"] / rates["tdlib_packed"]
     print_figures(figures)
     return 0
 
