@@ -57,8 +57,8 @@ def load_causal(directory):
     """Reload a saved causal baseline and its tokenizer (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
-    return model, AutoTokenizer.from_pretrained(str(directory))
+    model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, trust_remote_code=False)
+    return model, AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
 
 
 def next_token_labels(x0: torch.Tensor, scorable: torch.Tensor) -> torch.Tensor:

@@ -336,7 +336,7 @@ def max_sequence_length(model) -> int | None:
 
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; nothing on CPU (where bf16 autocast is many times slower)."""
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():  # Ampere or newer; older GPUs stay fp32
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
 
@@ -374,16 +374,25 @@ def as_denoiser(model, masked_only: bool = False) -> Denoiser:
     With ``masked_only`` the head runs only where ``xt`` holds the mask token, and
     the other rows of the returned logits are zero: fine for bounds and for
     samplers that read logits at masked positions only (not for ``resample``).
+    Such a denoiser also takes ``positions`` (bool, (B, L)) and then returns the
+    logits there only, shape (M, V) in the row-major order of
+    ``positions.nonzero()`` (a fresh tensor the caller may change), with no
+    (B, L, V) tensor at all; it is marked
+    ``denoiser.accepts_positions = True`` so samplers can tell.
     """
     device = next(model.parameters()).device
     mask_id = getattr(model.config, "mask_token_id", None)
 
     @torch.inference_mode()
-    def denoiser(xt: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def denoiser(
+        xt: torch.Tensor, attention_mask: torch.Tensor | None = None, *, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         model.eval()
         xt = xt.to(device)
         am = None if attention_mask is None else attention_mask.to(device)
         with autocast(device):
+            if positions is not None:
+                return masked_logits(model, xt, am, positions.to(device)).float()  # (M, V)
             if not masked_only or mask_id is None:
                 return model(input_ids=xt, attention_mask=am).logits.float()  # (B, L, V)
             where = xt == mask_id  # (B, L)
@@ -392,4 +401,5 @@ def as_denoiser(model, masked_only: bool = False) -> Denoiser:
         logits[where] = picked
         return logits
 
+    denoiser.accepts_positions = masked_only
     return denoiser

@@ -121,6 +121,8 @@ class TrainConfig:
         check(self.eval_steps >= 1 and self.save_steps >= 1 and self.log_steps >= 1,
               "--eval-steps, --save-steps and log steps must be >= 1")
         check(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
+        check(0 <= self.seed < 2**32, f"--seed must be in 0 .. {2**32 - 1}, got {self.seed}")
+        check(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
         return self
 
 
@@ -311,7 +313,8 @@ def train(
     config.validate()
     callbacks = list(callbacks)
     out = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
     is_main = accelerator.is_main_process
     if is_main:
         _check_output_dir(out, resume)
@@ -355,8 +358,8 @@ def train(
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = {"fused": True} if torch.cuda.is_available() else {}
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, **fused)
+    # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
     loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting)
 
     start_step = 0
@@ -434,7 +437,9 @@ def train(
             step_loss = 0.0
             for a in range(config.grad_accum):
                 start = a * micro + rank * per_rank  # this process's rows of this micro-batch
-                part = {k: v[start : start + per_rank].to(device) for k, v in batch.items()}
+                part = {k: v[start : start + per_rank] for k, v in batch.items()}
+                window_tokens += int(part["attention_mask"].sum()) * world  # counted on the host: no GPU sync
+                part = {k: v.to(device, non_blocking=True) for k, v in part.items()}
                 with autocast(device):
                     if causal:
                         loss = loss_module(part["input_ids"], part["attention_mask"], part["scorable"])
@@ -448,7 +453,6 @@ def train(
                 else:
                     accelerator.backward(loss)
                 step_loss += loss.item()
-                window_tokens += int(part["attention_mask"].sum()) * world
             if not math.isfinite(step_loss):
                 raise UserError(
                     f"the loss became {step_loss} at step {step + 1}; lower --learning-rate or resume from "
