@@ -139,7 +139,7 @@ PRESETS: dict[str, dict] = {
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
         prefix_length=5, masking="continuous", loss_weighting="elbo", max_steps=250,
         batch_size=16, learning_rate=1e-4, warmup_steps=25, eval_steps=125, save_steps=125,
-        eval_examples=32, log_steps=5,
+        eval_examples=32, log_steps=5, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
     ),
     # seconds: tests, CI and notebook smoke runs
     "smoke": dict(
