@@ -1,0 +1,147 @@
+"""Time to quality on CPU: diffusion NELBO vs an autoregressive baseline's NLL, at equal minutes.
+
+Both models use the `cpu` preset's settings (MiniLM-sized, its tokenizer, packed
+128-token blocks, batch 16) and the same loop; the AR baseline is a GPT-2 of the
+same size and tokenizer trained from scratch (``objective="causal"``). Data:
+tokenized WikiText-2 (``../shared/data/wikitext-2-v1``): train on ``train.txt``,
+score the first ``--valid-chars`` characters of ``valid.txt`` in bits per character.
+
+Minutes are turned into step counts by a calibration measured in the same run
+(a few steps of each model, interleaved), so that a busy machine slows both
+models alike; each model then trains once for the largest budget, checkpointing
+at the smaller ones (its learning-rate schedule is set for the largest budget).
+
+    python bench/time_to_quality.py                 # 2, 5 and 10 minutes (about 35 min in all)
+    python bench/time_to_quality.py --minutes 0.5,1 # a quick look
+
+Prints its figures last as ``name: value`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def calibrate(config, out: Path, steps: int = 5) -> float:
+    """Seconds per optimizer step of ``config``, from steps 2..steps of a short run."""
+    from tdlib.train import train
+
+    cfg = dataclasses.replace(config, output_dir=str(out), max_steps=steps, eval_steps=10**9, save_steps=10**9,
+                              log_steps=1, eval_examples=1, warmup_steps=1, save_at=())
+    train(cfg, progress=False)
+    elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()
+               if '"loss"' in line]
+    shutil.rmtree(out, ignore_errors=True)
+    return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
+
+
+def valid_examples(tokenizer, data_dir: Path, valid_chars: int):
+    """Packed 128-token blocks of the first ``valid_chars`` characters of valid.txt."""
+    from tdlib.data import load_corpus, make_examples
+
+    lines, total = [], 0
+    for line in load_corpus("wikitext-2-v1", data_dir)["valid"]:
+        lines.append(line)
+        total += len(line) + 1
+        if total >= valid_chars:
+            break
+    return make_examples(lines, tokenizer, 128, "packed")
+
+
+def score(checkpoint: Path, causal: bool, data_dir: Path, valid_chars: int) -> dict:
+    """Bits per character of the held-out text: exact NLL (causal) or the NELBO bound."""
+    from tdlib.causal import causal_nll, load_causal
+    from tdlib.evaluate import nelbo
+    from tdlib.masking import protected_positions
+    from tdlib.model import as_denoiser, load_checkpoint
+
+    model, tokenizer = load_causal(checkpoint) if causal else load_checkpoint(checkpoint, device="cpu")
+    ex = valid_examples(tokenizer, data_dir, valid_chars)
+    scorable = ~protected_positions(ex.input_ids, tokenizer, ex.attention_mask, 0)
+    if causal:
+        r = causal_nll(model, ex.input_ids, scorable, attention_mask=ex.attention_mask,
+                       num_characters=ex.num_characters)
+        return {"bits_per_char": r["nll_bits_per_char"], "stderr": 0.0}
+    r = nelbo(as_denoiser(model, masked_only=True), ex.input_ids, scorable, mask_id=tokenizer.mask_token_id,
+              num_characters=ex.num_characters, samples_per_sequence=2, seed=0)
+    return {"bits_per_char": r["nelbo_bits_per_char"], "stderr": r["nelbo_bits_per_char_stderr"]}
+
+
+def main(argv=None) -> int:
+    from tdlib.train import preset, train
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", default="2,5,10")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--valid-chars", type=int, default=300_000)
+    p.add_argument("--ar-learning-rate", type=float, default=6e-4)
+    p.add_argument("--keep", type=Path, help="keep the runs in this folder")
+    args = p.parse_args(argv)
+    if not (args.data_dir / "wikitext-2-v1" / "train.txt").is_file():
+        print(f"skipped: {args.data_dir}/wikitext-2-v1/train.txt is absent (the shared WikiText-2 files)")
+        return 0
+    torch.set_num_threads(2)
+    minutes = sorted(float(m) for m in args.minutes.split(","))
+    work = args.keep or Path(tempfile.mkdtemp(prefix="ttq-"))
+    data = {"dataset": "wikitext-2-v1", "data_dir": str(args.data_dir)}
+    configs = {
+        "diffusion": preset("cpu", **data),
+        "ar": preset("cpu", objective="causal", learning_rate=args.ar_learning_rate, **data),
+    }
+    # calibrate interleaved: diffusion, ar, diffusion, ar
+    timings: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(2):
+        for name, cfg in configs.items():
+            timings[name].append(calibrate(cfg, work / f"calibrate-{name}"))
+    s_per_step = {k: min(v) for k, v in timings.items()}
+    print(f"calibration (s/step, min of 2): {s_per_step}", flush=True)
+    results: dict[str, dict[float, dict]] = {}
+    for name, cfg in configs.items():
+        budget_steps = {m: max(1, int(m * 60 / s_per_step[name])) for m in minutes}
+        total = budget_steps[minutes[-1]]
+        run = work / name
+        shutil.rmtree(run, ignore_errors=True)
+        cfg = dataclasses.replace(cfg, output_dir=str(run), max_steps=total,
+                                  warmup_steps=min(cfg.warmup_steps, max(total // 10, 1)), eval_steps=10**9,
+                                  save_steps=10**9, eval_examples=8, save_total_limit=None,
+                                  save_at=tuple(budget_steps.values()))
+        print(f"{name}: {budget_steps} steps", flush=True)
+        train(cfg, progress=False)
+        results[name] = {}
+        for m, steps in budget_steps.items():
+            ckpt = run / "final-model" if steps == total else run / f"checkpoint-{steps}"
+            results[name][m] = {"steps": steps, **score(ckpt, name == "ar", args.data_dir, args.valid_chars)}
+            print(f"{name} {m:g} min ({steps} steps): {results[name][m]['bits_per_char']:.3f} bits/char",
+                  flush=True)
+    print("\n| minutes | diffusion NELBO bits/char (steps) | AR NLL bits/char (steps) |")
+    print("|---|---|---|")
+    for m in minutes:
+        d, a = results["diffusion"][m], results["ar"][m]
+        print(f"| {m:g} | {d['bits_per_char']:.3f} ± {d['stderr']:.3f} ({d['steps']}) | "
+              f"{a['bits_per_char']:.3f} ({a['steps']}) |")
+    print()
+    for m in minutes:
+        print(f"diffusion_nelbo_bpc_{m:g}min: {results['diffusion'][m]['bits_per_char']:.4f}")
+        print(f"ar_nll_bpc_{m:g}min: {results['ar'][m]['bits_per_char']:.4f}")
+    last = minutes[-1]
+    ratio = results["diffusion"][last]["bits_per_char"] / results["ar"][last]["bits_per_char"]
+    print(f"diffusion_over_ar_{last:g}min: {ratio:.4f}")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(math.isfinite(r[m]["bits_per_char"]) for r in results.values() for m in minutes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
