@@ -100,6 +100,9 @@ def test_packaged_minilm_gets_a_tied_mlm_head():
 
 
 def test_unknown_model_name_is_a_user_error(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import
     with pytest.raises(UserError, match="offline alternatives"):
         load_model("no-such-org/no-such-model", device="cpu")
