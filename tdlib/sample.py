@@ -3,7 +3,10 @@
 `sample` starts from a canvas whose positions equal to ``mask_id`` are to be
 generated and runs exactly ``num_steps`` denoiser calls. At each step it
 
-1. calls the denoiser once on the whole batch: ``logits = denoiser(xt)  # (B, L, V)``;
+1. calls the denoiser once on the whole batch: ``logits = denoiser(xt)  # (B, L, V)``,
+   or, if it has ``accepts_positions`` (`tdlib.model.as_denoiser` with
+   ``masked_only``), ``denoiser(xt, positions=where)  # (M, V)`` for just the
+   positions it will draw at, so the LM head runs nowhere else;
 2. draws tokens (greedy, top-k or nucleus, at a temperature; forbidden ids get
    -inf logits) at every masked position for the score-based strategies, and
    only where a token will be shown for ``random`` and ``resample``;
@@ -161,11 +164,37 @@ def _categorical(weights: torch.Tensor, generator: torch.Generator | None) -> to
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
 
 
+def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k, dim=-1)`` of a contiguous (N, V), sorted: the same values, faster for k << V.
+
+    The k largest of a row lie in the k chunks of 32 consecutive columns with the
+    largest maxima (plus the columns past the last whole chunk), so one cheap max
+    per chunk narrows the search to k * 32 candidates. Only the indices of tied
+    values may come out in another order than plain ``topk``.
+    """
+    n, v = x.shape
+    width = 32
+    if v < 4 * k * width or not x.is_contiguous():
+        return x.topk(k, dim=-1)
+    whole = v // width * width
+    chunks = x[:, :whole].unflatten(1, (-1, width))  # (N, C, 32) view
+    best = chunks.amax(-1).topk(k, dim=-1).indices.sort(-1).values  # (N, k) chunk numbers, ascending
+    rows = torch.arange(n, device=x.device)[:, None]
+    columns = (best[:, :, None] * width + torch.arange(width, device=x.device)).flatten(1)  # (N, k*32)
+    candidates = chunks[rows, best].flatten(1)  # (N, k*32)
+    if whole < v:
+        tail = torch.arange(whole, v, device=x.device).expand(n, -1)  # (N, v - whole)
+        columns = torch.cat([columns, tail], 1)
+        candidates = torch.cat([candidates, x[:, whole:]], 1)
+    values, where = candidates.topk(k, dim=-1)  # (N, k)
+    return values, columns.gather(1, where)
+
+
 def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The most likely tokens of each row, in order, enough to hold the nucleus: (probs, ids), (N, K)."""
     k = min(64, logp.shape[-1])
     while True:  # widen the candidate set until every row's top-k mass reaches p (rarely more than once)
-        top_logp, ids = logp.topk(k, dim=-1)  # (N, k), sorted
+        top_logp, ids = _topk(logp, k)  # (N, k), sorted
         probs = top_logp.exp()
         if k == logp.shape[-1] or bool((probs.sum(-1) >= top_p).all()):
             return probs, ids
@@ -186,7 +215,7 @@ def _draw(
     if sampling == "greedy":
         tokens = logp.argmax(-1)
     elif sampling == "topk":
-        top_logp, top_ids = logp.topk(min(top_k, logp.shape[-1]), dim=-1)  # (N, k)
+        top_logp, top_ids = _topk(logp, min(top_k, logp.shape[-1]))  # (N, k)
         tokens = top_ids.gather(1, _categorical(top_logp.exp(), generator)[:, None])[:, 0]
     elif top_p >= 1.0:
         tokens = _categorical(logp.exp(), generator)
@@ -202,7 +231,7 @@ def _draw(
 def _scores(strategy: str, logp: torch.Tensor) -> torch.Tensor:
     """Reveal priority (higher first) of positions with log-probs ``logp`` (N, V): margin or entropy."""
     if strategy == "margin":
-        top2 = logp.topk(2, dim=-1).values.exp()  # (N, 2)
+        top2 = _topk(logp, 2)[0].exp()  # (N, 2)
         return top2[:, 0] - top2[:, 1]
     # entropy: H = -sum p log p; the lowest entropy goes first
     return -torch.special.entr(logp.exp()).sum(-1)
@@ -252,28 +281,37 @@ def sample(
     steps_probs = [probs.to("cpu", copy=True)]
     banned: dict[str, torch.Tensor] = {}
 
-    def draw_at(positions: torch.Tensor, logits: torch.Tensor):
+    forward_passes = 0
+    fast = getattr(denoiser, "accepts_positions", False)  # logits at the given positions only, (M, V)
+
+    def logits_at(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One denoiser call; (rows, cols) of ``positions`` and their logits (M, V), ours to change in place."""
+        nonlocal forward_passes
+        forward_passes += 1
+        rows, cols = positions.nonzero(as_tuple=True)
+        if fast:
+            return rows, cols, denoiser(xt, attention_mask, positions=positions)  # (M, V)
+        logits = denoiser(xt, attention_mask)  # (B, L, V)
+        return rows, cols, logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+    def draw_at(cols: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (N,) drawn from ``chosen`` (N, V) at columns ``cols`` (N,), and the log-probs (N, V) at T."""
         if not banned:  # built once the vocabulary size is known
             banned["all"] = torch.tensor(sorted(set(forbidden_ids)), dtype=torch.long, device=xt.device)
-            banned["at"] = torch.zeros(xt.shape[1], logits.shape[-1], dtype=torch.bool, device=xt.device)
+            banned["at"] = torch.zeros(xt.shape[1], chosen.shape[-1], dtype=torch.bool, device=xt.device)
             for col, ids in (forbidden_at or {}).items():
                 banned["at"][col, list(ids)] = True  # (L, V)
             banned["cols"] = banned["at"].any(-1)  # (L,) columns with extra bans
-        rows, cols = positions.nonzero(as_tuple=True)
-        chosen = logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-        chosen.index_fill_(1, banned["all"], float("-inf"))  # (N, V)
-        extra = banned["cols"][cols].nonzero()[:, 0]  # rows of `chosen` at columns with extra bans
-        if len(extra):
-            chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
-        tokens, logp = _draw(
+        with torch.inference_mode():  # a model denoiser returns inference tensors; change them in place
+            chosen.index_fill_(1, banned["all"], float("-inf"))  # (N, V)
+            extra = banned["cols"][cols].nonzero()[:, 0]  # rows of `chosen` at columns with extra bans
+            if len(extra):
+                chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
+        return _draw(
             chosen, sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
         )
-        return rows, cols, tokens, logp
 
-    forward_passes = 0
     for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
-        logits = denoiser(xt, attention_mask)  # (B, L, V)
-        forward_passes += 1
         active = generated & block  # (B, L) generated positions of the current block
         masked = active & (xt == mask_id)
         if strategy == "resample":
@@ -282,7 +320,8 @@ def sample(
             previous = xt.clone()
             noise = torch.rand(xt.shape, generator=generator, device=xt.device)
             remask = _top_per_row(noise, active, target)
-            rows, cols, tokens, logp = draw_at(active & ~remask, logits)
+            rows, cols, logits = logits_at(active & ~remask)
+            tokens, logp = draw_at(cols, logits)
             xt[rows, cols] = tokens
             probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
             xt[remask] = mask_id
@@ -293,10 +332,12 @@ def sample(
             if strategy == "random":
                 noise = torch.rand(xt.shape, generator=generator, device=xt.device)
                 revealed = _top_per_row(noise, masked, count)
-                rows, cols, tokens, logp = draw_at(revealed, logits)
+                rows, cols, logits = logits_at(revealed)
+                tokens, logp = draw_at(cols, logits)
                 p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
             else:
-                rows, cols, tokens, logp = draw_at(masked, logits)
+                rows, cols, logits = logits_at(masked)
+                tokens, logp = draw_at(cols, logits)
                 p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
                 scores = torch.full(xt.shape, float("-inf"), dtype=logp.dtype, device=xt.device)
                 scores[rows, cols] = p_token if strategy == "confidence" else _scores(strategy, logp)
@@ -334,15 +375,15 @@ def continuation_ids(tokenizer) -> list[int]:
     return sorted(i for t, i in vocab.items() if not t.startswith(marker) and i not in special)
 
 
-def _denoiser_and_device(model, device, strategy: str):
+def _denoiser_and_device(model, device):
     """A denoiser for ``model`` and the device its inputs go to."""
     if isinstance(model, torch.nn.Module):
         from tdlib.model import as_denoiser
 
         if device is not None:
             model = model.to(device)
-        # every strategy but resample reads logits at masked positions only: skip the LM head elsewhere
-        return as_denoiser(model, masked_only=strategy != "resample"), next(model.parameters()).device
+        # `sample` asks for logits only where it draws (`positions`): the LM head runs nowhere else
+        return as_denoiser(model, masked_only=True), next(model.parameters()).device
     return model, torch.device(device or "cpu")
 
 
@@ -397,7 +438,7 @@ def generate(
     )
     check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
-    denoiser, device = _denoiser_and_device(model, device, strategy)
+    denoiser, device = _denoiser_and_device(model, device)
     limit = _position_limit(model, tokenizer)
     check(
         limit is None or max_length <= limit,

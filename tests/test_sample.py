@@ -249,6 +249,63 @@ def test_same_seed_same_output_and_another_seed_differs():
     assert not torch.equal(run(3), run(4))
 
 
+def position_denoiser(denoiser, calls: list):
+    """``denoiser`` with the fast path of `as_denoiser(masked_only=True)`: logits (M, V) at ``positions`` only."""
+
+    def fast(xt, attention_mask=None, *, positions):
+        calls.append(positions.clone())
+        return denoiser(xt, attention_mask)[positions]  # (M, V)
+
+    fast.accepts_positions = True
+    return fast
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("sampling", ["topk", "nucleus"])
+def test_the_positions_fast_path_gives_the_same_trajectory(strategy, sampling):
+    logits = torch.randn(10, 2000, generator=torch.Generator().manual_seed(0)) * 3  # (L, V)
+    x_init = torch.full((3, 10), 1999)
+    x_init[1, :3] = 5  # rows with different numbers of masks
+    options = dict(mask_id=1999, num_steps=4, strategy=strategy, sampling=sampling, temperature=0.8,
+                   forbidden_ids=[1999, 7], forbidden_at={4: [int(logits[4].argmax())]}, block_length=5)
+    calls = []
+    plain = sample(fixed_denoiser(logits), x_init, generator=torch.Generator().manual_seed(0), **options)
+    fast = sample(position_denoiser(fixed_denoiser(logits), calls), x_init,
+                  generator=torch.Generator().manual_seed(0), **options)
+    for name in ("tokens", "revealed", "probs"):
+        assert torch.equal(getattr(plain, name).nan_to_num(-1), getattr(fast, name).nan_to_num(-1)), name
+    assert len(calls) == 4 and all(not c[1, :3].any() for c in calls)  # never asked for given positions
+    if strategy != "resample":  # positions asked for are masked ones only
+        assert all(not (c & (xt != 1999)).any() for c, xt in zip(calls, plain.tokens[:-1], strict=True))
+
+
+@pytest.mark.parametrize("k", [1, 2, 50])
+def test_chunked_topk_matches_torch_topk(k):
+    from tdlib.sample import _topk
+
+    x = torch.randn(7, 30522, generator=torch.Generator().manual_seed(k))
+    x[:, :100] = float("-inf")
+    x[3, 30520] = 100.0  # the largest value in the columns past the last whole chunk
+    values, ids = _topk(x, k)
+    expected = x.topk(k, dim=-1)
+    assert torch.equal(values, expected.values) and torch.equal(ids, expected.indices)
+
+
+def test_as_denoiser_positions_returns_the_masked_only_rows(scratch):
+    from tdlib.model import as_denoiser
+
+    model, tokenizer = scratch
+    xt = tokenizer(["def f(x): return x", "import os and sys"], return_tensors="pt", padding=True)["input_ids"]
+    xt[:, 2:5] = tokenizer.mask_token_id
+    denoiser = as_denoiser(model, masked_only=True)
+    full = denoiser(xt)  # (B, L, V)
+    positions = xt == tokenizer.mask_token_id
+    positions[0, 3] = False
+    assert denoiser.accepts_positions and not getattr(as_denoiser(model), "accepts_positions", False)
+    assert torch.allclose(denoiser(xt, positions=positions), full[positions], atol=1e-5)
+    assert full.shape == (*xt.shape, len(tokenizer))
+
+
 @pytest.mark.parametrize(
     "options,message",
     [
