@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: half the length)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per sample (default: preset's)")
     parser.add_argument("--seed", type=seed_value, default=0)
+    from tdlib.sample import STRATEGIES
+
+    parser.add_argument("--strategy", default="random", choices=STRATEGIES,
+                        help="which positions to reveal (default: random, the ancestral sampler; confidence "
+                             "decoding repeats frequent tokens on a briefly trained model)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     gen = build_parser().parse_args([
         "generate", "--checkpoint", str(out / "final-model"), "--prefix", args.prefix,
         "--num-samples", str(args.num_samples), "--max-length", str(max_length), "--steps", str(steps),
-        "--seed", str(args.seed), "--show-steps",
+        "--seed", str(args.seed), "--strategy", args.strategy, "--sampling", "nucleus", "--top-p", "0.9",
+        "--show-steps",
     ])
     return gen._run(gen)
