@@ -134,7 +134,7 @@ PRESETS: dict[str, dict] = {
         epochs=3.0, batch_size=16, learning_rate=5e-5, warmup_steps=500, eval_steps=500,
         save_steps=1000, eval_examples=512,
     ),
-    # offline, about 10 minutes on a 2-core laptop (see README for how it was chosen)
+    # offline, 10 to 15 minutes on a 2-core laptop (README: "The cpu preset")
     "cpu": dict(
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
         prefix_length=5, masking="continuous", loss_weighting="elbo", max_steps=250,
