@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from tdlib.data import boundary_ids
 from tdlib.masking import IGNORE_INDEX
 
 LN2 = math.log(2.0)
@@ -38,8 +39,7 @@ def build_causal_model(tokenizer, like=None, *, max_length: int = 128, seed: int
             "n_head": like.num_attention_heads,
         }
     shape.update(sizes)
-    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    bos, eos = boundary_ids(tokenizer)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=max_length,

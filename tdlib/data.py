@@ -170,6 +170,13 @@ def get_split(corpus: dict[str, list[str]], split: str) -> list[str]:
     return lines
 
 
+def boundary_ids(tokenizer) -> tuple[int | None, int | None]:
+    """The ids that open and close a sequence: [CLS]/[SEP] for BERT-style, <s>/</s> for RoBERTa-style."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return start, end
+
+
 def _content_tokens(lines: list[str], tokenizer) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of each non-empty line (no special tokens) and the characters each token covers.
 
@@ -198,8 +205,7 @@ def make_examples(lines: list[str], tokenizer, max_length: int = 128, mode: str 
     check(max_length >= 4, f"max_length must be at least 4, got {max_length}")
     ids_per_line, chars_per_line = _content_tokens(lines, tokenizer)
     check(bool(ids_per_line), "no text to make examples from: every line is empty")
-    bos = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    bos, eos = boundary_ids(tokenizer)
     pad = tokenizer.pad_token_id
     check(None not in (bos, eos, pad), "the tokenizer needs begin, end and padding tokens")
     body = max_length - 2  # room for the begin and end tokens

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tdlib.data import boundary_ids
 from tdlib.errors import check
 from tdlib.schedules import SCHEDULES, masked_counts
 
@@ -444,8 +445,7 @@ def generate(
         limit is None or max_length <= limit,
         f"--max-length {max_length} exceeds the model's {limit} positions; use --max-length {limit} or less",
     )
-    start_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
-    end_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    start_id, end_id = boundary_ids(tokenizer)
     mask_id = tokenizer.mask_token_id
     infill = tokenizer.mask_token in prefix
     text = prefix if infill else prefix.rstrip()
