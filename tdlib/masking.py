@@ -4,7 +4,8 @@ Absorbing-state diffusion corrupts clean ids ``x0`` into ``xt`` by replacing eac
 non-protected token by ``mask_id`` independently with probability ``t``. Protected
 positions (special tokens, padding and the first ``prefix_length`` content tokens,
 the prompt) are never masked. The training collator picks ``t`` per batch (the
-seed), per example, or continuously from U(eps, 1), and returns the batch with
+seed), per example, or continuously from U(eps, 1) (optionally stratified over
+the batch), and returns the batch with
 labels that are -100 wherever nothing was masked. This module does not compute
 losses or touch models.
 """
@@ -18,7 +19,7 @@ import torch
 from tdlib.errors import check
 
 SEED_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-MODES = ("batch", "example", "continuous")
+MODES = ("batch", "example", "continuous", "stratified")
 IGNORE_INDEX = -100
 
 
@@ -84,7 +85,11 @@ class MaskingCollator:
     of `protected_positions`); the ELBO weighting normalises by their number.
 
     ``mode``: ``batch`` draws one ratio from ``mask_probs`` for the whole batch (the
-    seed), ``example`` one per example, ``continuous`` draws t ~ U(eps, 1) per example.
+    seed), ``example`` one per example, ``continuous`` draws t ~ U(eps, 1) per example,
+    ``stratified`` does the same with the batch's t spread evenly over (eps, 1):
+    t_i = eps + (1 - eps) * ((i + u) / B) mod 1 with one u ~ U(0, 1) per batch, in
+    shuffled order. Each t_i is still uniform, so the ELBO loss stays unbiased, but a
+    batch never piles up at small t, where the 1/t weight makes the loss noisy.
     """
 
     def __init__(
@@ -115,6 +120,10 @@ class MaskingCollator:
             return self.mask_probs[i].expand(batch_size).clone()
         if self.mode == "example":
             return self.mask_probs[torch.randint(len(self.mask_probs), (batch_size,), generator=g)]
+        if self.mode == "stratified":
+            u = torch.rand(1, generator=g)
+            grid = (torch.arange(batch_size) + u) / batch_size  # one t in each 1/B slice of (0, 1)
+            return self.eps + (1 - self.eps) * grid[torch.randperm(batch_size, generator=g)]
         return self.eps + (1 - self.eps) * torch.rand(batch_size, generator=g)
 
     def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

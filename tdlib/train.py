@@ -76,7 +76,7 @@ class TrainConfig:
     max_length: int = 128  # tokens per example, special tokens included
     prefix_length: int = 5  # content tokens at the start never masked (the prompt)
     mask_probs: tuple[float, ...] = SEED_RATIOS  # ratios for the "batch"/"example" modes
-    masking: str = "batch"  # "batch" (the seed), "example" or "continuous" t ~ U(eps, 1)
+    masking: str = "batch"  # "batch" (the seed), "example", "continuous" t ~ U(eps, 1) or "stratified"
     loss_weighting: str = "uniform"  # "uniform" (plain MLM, the seed) or "elbo" (1/t)
     epochs: float = 3.0
     max_steps: int | None = None  # overrides epochs when set
@@ -281,7 +281,7 @@ def evaluate_model(model, tokenizer, examples: Examples, config: TrainConfig, st
     x0, am = examples.input_ids, examples.attention_mask
     scorable_prefix = ~protected_positions(x0, tokenizer, am, config.prefix_length)
     scorable_all = ~protected_positions(x0, tokenizer, am, 0)
-    ratios = config.mask_probs if config.masking != "continuous" else SEED_RATIOS
+    ratios = config.mask_probs if config.masking not in ("continuous", "stratified") else SEED_RATIOS
     by_ratio = loss_by_ratio(
         denoiser, x0, scorable_prefix, ratios, mask_id=tokenizer.mask_token_id, seed=1234,
         batch_size=config.batch_size, attention_mask=am,

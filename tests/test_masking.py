@@ -100,6 +100,20 @@ def test_continuous_mode_is_uniform_on_eps_one(bpe_tokenizer):
     assert len(set(t.tolist())) > 10000
 
 
+def test_stratified_mode_puts_one_t_in_each_slice_and_stays_uniform(bpe_tokenizer):
+    collator = MaskingCollator(bpe_tokenizer, mode="stratified", eps=0.0, seed=0)
+    t = collator.draw_t(16)
+    assert sorted((t * 16).floor().long().tolist()) == list(range(16))  # one per 1/16 slice
+    assert not torch.equal(t, t.sort().values)  # shuffled, so position in the batch says nothing of t
+    many = torch.cat([collator.draw_t(16) for _ in range(2000)])
+    assert many.mean().item() == pytest.approx(0.5, abs=0.01)  # marginally U(0, 1): the ELBO stays unbiased
+    assert (many < 0.1).float().mean().item() == pytest.approx(0.1, abs=0.01)
+    batch_means = torch.stack([collator.draw_t(16).mean() for _ in range(500)])
+    iid_means = torch.stack([MaskingCollator(bpe_tokenizer, mode="continuous", seed=i).draw_t(16).mean()
+                             for i in range(500)])
+    assert batch_means.std() < iid_means.std() / 3  # sqrt(B) = 4 times less batch-to-batch variation
+
+
 def test_collator_returns_ratios_and_is_seeded(bpe_tokenizer):
     examples = _batch(bpe_tokenizer, ["some text to mask here", "and more text"])
     a = MaskingCollator(bpe_tokenizer, seed=3)(examples)

@@ -6,7 +6,7 @@ import argparse
 
 from tdlib.cli import seed_value
 from tdlib.errors import UserError
-from tdlib.masking import parse_ratios
+from tdlib.masking import MODES, parse_ratios
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-length", type=int, help="tokens per example")
     a("--prefix-length", type=int, help="content tokens at the start that are never masked")
     a("--mask-probs", help="comma-separated mask ratios, e.g. 1.0,0.9,...,0.1")
-    a("--masking", choices=["batch", "example", "continuous"], help="one ratio per batch, per example, or t~U(eps,1)")
+    a("--masking", choices=list(MODES),
+      help="one ratio per batch, per example, t~U(eps,1) per example, or the same spread evenly over the batch")
     a("--loss-weighting", choices=WEIGHTINGS)
     a("--eval-steps", type=int)
     a("--save-steps", type=int)
