@@ -1,9 +1,10 @@
 """Matplotlib figures of what training and sampling return.
 
-Each function takes plain data (metrics records read from `metrics.jsonl`, or
-schedule names) and returns a `matplotlib.figure.Figure` built without pyplot,
-so nothing leaks into pyplot's global state and a figure lives only as long as
-you hold it. Jupyter displays a returned Figure inline; `save_figure` writes it.
+Each function takes plain data (metrics records read from `metrics.jsonl`,
+schedule names, or the rows of a quality-versus-steps sweep) and returns a
+`matplotlib.figure.Figure` built without pyplot, so nothing leaks into pyplot's
+global state and a figure lives only as long as you hold it. Jupyter displays
+a returned Figure inline; `save_figure` writes it.
 
 This module is not a trainer or a sampler: it never runs a model. It draws.
 """
@@ -201,6 +202,77 @@ def schedule_figure(schedules: Sequence[str], num_steps: int, num_masked: int) -
     right.set_title(f"Revealed per step ({num_masked} masked tokens)")
     right.grid(alpha=0.3, axis="y")
     right.legend()
+    return fig
+
+
+# metric -> (panel title, y label, log y axis if the values span a decade) for `quality_vs_steps_figure`
+STEP_METRIC_LABELS = {
+    "generative_perplexity": (
+        "Fluency", "generative perplexity under the AR reference\n(lower = more fluent)", True,
+    ),
+    "unigram_entropy": ("Word variety", "unigram entropy, bits\n(higher = more varied words)", False),
+    "distinct_1": ("Diversity", "distinct words / all words\n(higher = more diverse)", False),
+    "distinct_2": ("Diversity", "distinct bigrams / all bigrams\n(higher = more diverse)", False),
+    "distinct_3": ("Diversity", "distinct trigrams / all trigrams\n(higher = more diverse)", False),
+    "repetition_rate_4": (
+        "Repetition", "share of 4-grams repeated within a sample\n(lower = fewer loops)", False,
+    ),
+    "self_bleu": ("Sameness", "self-BLEU between samples\n(lower = samples less alike)", False),
+    "mean_words": ("Length", "words per sample", False),
+    "seconds": ("Cost", "sampling time (s)", True),
+}
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def quality_vs_steps_figure(
+    rows: Sequence[dict], metrics: Sequence[str] = ("generative_perplexity", "unigram_entropy")
+) -> Figure:
+    """One panel per metric of `tdlib.metrics.quality_vs_steps` rows against forward passes.
+
+    x is the number of denoiser forward passes (log2 axis); each (strategy,
+    schedule) is one line, coloured by strategy, dashed by schedule. Metrics not
+    in the rows are left out (generative perplexity needs a reference model).
+    Perplexity and time get a log y axis when their values span a decade.
+    """
+    from matplotlib.lines import Line2D
+
+    rows = list(rows)
+    present = [m for m in metrics if any(m in r for r in rows)]
+    fig = Figure(figsize=(5.5 * max(len(present), 1) + 2, 4.2), layout="constrained")
+    if not present:
+        ax = fig.add_subplot()
+        _empty(ax, "none of these metrics is in the rows")
+        ax.set_title("Quality against forward passes")
+        return fig
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    schedules = list(dict.fromkeys(r["schedule"] for r in rows))
+    palette = colors.TABLEAU_COLORS
+    colour = {s: list(palette.values())[i % len(palette)] for i, s in enumerate(strategies)}
+    style = {s: LINE_STYLES[i % len(LINE_STYLES)] for i, s in enumerate(schedules)}
+    passes = sorted({r["forward_passes"] for r in rows})
+    for ax, metric in zip(fig.subplots(1, len(present), squeeze=False)[0], present, strict=True):
+        title, ylabel, log_y = STEP_METRIC_LABELS.get(metric, (metric, metric, False))
+        for strategy in strategies:
+            for schedule in schedules:
+                cell = sorted((r["forward_passes"], float(r.get(metric, float("nan")))) for r in rows
+                              if r["strategy"] == strategy and r["schedule"] == schedule)
+                if cell:
+                    x, y = zip(*cell, strict=True)
+                    ax.plot(x, y, marker="o", markersize=3, color=colour[strategy],
+                            linestyle=style[schedule], label=f"{strategy}, {schedule}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(passes, [str(p) for p in passes])
+        ax.minorticks_off()
+        values = [float(r[metric]) for r in rows if metric in r and float(r[metric]) > 0]
+        if log_y and values and max(values) > 10 * min(values):  # log only when it spans a decade
+            ax.set_yscale("log")
+        ax.set_xlabel("denoiser forward passes (= sampling steps)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title} against forward passes")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colour[s], marker="o", markersize=3, label=s) for s in strategies]
+    handles += [Line2D([], [], color="black", linestyle=style[s], label=s) for s in schedules]
+    fig.legend(handles=handles, loc="outside right upper", title="strategy (colour)\nschedule (line)")
     return fig
 
 
