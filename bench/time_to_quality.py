@@ -5,6 +5,7 @@ Both models use the `cpu` preset's settings (MiniLM-sized, its tokenizer, packed
 same size and tokenizer trained from scratch (``objective="causal"``). Data:
 tokenized WikiText-2 (``../shared/data/wikitext-2-v1``): train on ``train.txt``,
 score the first ``--valid-chars`` characters of ``valid.txt`` in bits per character.
+``--dataset pydoc`` runs the same race on the `cpu` preset's own corpus instead.
 
 Minutes are turned into step counts by a calibration measured in the same run
 (a few steps of each model, interleaved), so that a busy machine slows both
@@ -13,6 +14,7 @@ at the smaller ones (its learning-rate schedule is set for the largest budget).
 
     python bench/time_to_quality.py                 # 2, 5 and 10 minutes (about 35 min in all)
     python bench/time_to_quality.py --minutes 0.5,1 # a quick look
+    python bench/time_to_quality.py --dataset pydoc --minutes 10  # the cpu preset's corpus
 
 Prints its figures last as ``name: value`` lines.
 """
@@ -47,12 +49,12 @@ def calibrate(config, out: Path, steps: int = 5) -> float:
     return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
 
 
-def valid_examples(tokenizer, data_dir: Path, valid_chars: int):
-    """Packed 128-token blocks of the first ``valid_chars`` characters of valid.txt."""
+def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int):
+    """Packed 128-token blocks of the first ``valid_chars`` characters of the validation split."""
     from tdlib.data import load_corpus, make_examples
 
     lines, total = [], 0
-    for line in load_corpus("wikitext-2-v1", data_dir)["valid"]:
+    for line in load_corpus(dataset, data_dir)["valid"]:
         lines.append(line)
         total += len(line) + 1
         if total >= valid_chars:
@@ -60,7 +62,7 @@ def valid_examples(tokenizer, data_dir: Path, valid_chars: int):
     return make_examples(lines, tokenizer, 128, "packed")
 
 
-def score(checkpoint: Path, causal: bool, data_dir: Path, valid_chars: int) -> dict:
+def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_chars: int) -> dict:
     """Bits per character of the held-out text: exact NLL (causal) or the NELBO bound."""
     from tdlib.causal import causal_nll, load_causal
     from tdlib.evaluate import nelbo
@@ -68,7 +70,7 @@ def score(checkpoint: Path, causal: bool, data_dir: Path, valid_chars: int) -> d
     from tdlib.model import as_denoiser, load_checkpoint
 
     model, tokenizer = load_causal(checkpoint) if causal else load_checkpoint(checkpoint, device="cpu")
-    ex = valid_examples(tokenizer, data_dir, valid_chars)
+    ex = valid_examples(tokenizer, dataset, data_dir, valid_chars)
     scorable = ~protected_positions(ex.input_ids, tokenizer, ex.attention_mask, 0)
     if causal:
         r = causal_nll(model, ex.input_ids, scorable, attention_mask=ex.attention_mask,
@@ -85,17 +87,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", default="2,5,10")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--dataset", default="wikitext-2-v1",
+                   help="wikitext-2-v1 (train.txt / valid.txt under --data-dir) or pydoc (the cpu preset's own corpus)")
     p.add_argument("--valid-chars", type=int, default=300_000)
     p.add_argument("--ar-learning-rate", type=float, default=6e-4)
     p.add_argument("--keep", type=Path, help="keep the runs in this folder")
     args = p.parse_args(argv)
-    if not (args.data_dir / "wikitext-2-v1" / "train.txt").is_file():
-        print(f"skipped: {args.data_dir}/wikitext-2-v1/train.txt is absent (the shared WikiText-2 files)")
+    if args.dataset.startswith("wikitext") and not (args.data_dir / args.dataset / "train.txt").is_file():
+        print(f"skipped: {args.data_dir}/{args.dataset}/train.txt is absent (the shared WikiText-2 files)")
         return 0
     torch.set_num_threads(2)
     minutes = sorted(float(m) for m in args.minutes.split(","))
     work = args.keep or Path(tempfile.mkdtemp(prefix="ttq-"))
-    data = {"dataset": "wikitext-2-v1", "data_dir": str(args.data_dir)}
+    data = {"dataset": args.dataset, "data_dir": str(args.data_dir)}
     configs = {
         "diffusion": preset("cpu", **data),
         "ar": preset("cpu", objective="causal", learning_rate=args.ar_learning_rate, **data),
@@ -122,7 +126,8 @@ def main(argv=None) -> int:
         results[name] = {}
         for m, steps in budget_steps.items():
             ckpt = run / "final-model" if steps == total else run / f"checkpoint-{steps}"
-            results[name][m] = {"steps": steps, **score(ckpt, name == "ar", args.data_dir, args.valid_chars)}
+            scored = score(ckpt, name == "ar", args.dataset, args.data_dir, args.valid_chars)
+            results[name][m] = {"steps": steps, **scored}
             print(f"{name} {m:g} min ({steps} steps): {results[name][m]['bits_per_char']:.3f} bits/char",
                   flush=True)
     print("\n| minutes | diffusion NELBO bits/char (steps) | AR NLL bits/char (steps) |")

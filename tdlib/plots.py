@@ -225,7 +225,9 @@ LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def quality_vs_steps_figure(
-    rows: Sequence[dict], metrics: Sequence[str] = ("generative_perplexity", "unigram_entropy")
+    rows: Sequence[dict],
+    metrics: Sequence[str] = ("generative_perplexity", "unigram_entropy"),
+    human: dict[str, float] | None = None,
 ) -> Figure:
     """One panel per metric of `tdlib.metrics.quality_vs_steps` rows against forward passes.
 
@@ -233,6 +235,7 @@ def quality_vs_steps_figure(
     schedule) is one line, coloured by strategy, dashed by schedule. Metrics not
     in the rows are left out (generative perplexity needs a reference model).
     Perplexity and time get a log y axis when their values span a decade.
+    ``human`` maps a metric to its value on human text, drawn as a black line.
     """
     from matplotlib.lines import Line2D
 
@@ -264,6 +267,9 @@ def quality_vs_steps_figure(
         ax.set_xticks(passes, [str(p) for p in passes])
         ax.minorticks_off()
         values = [float(r[metric]) for r in rows if metric in r and float(r[metric]) > 0]
+        if human and metric in human:
+            ax.axhline(human[metric], color="black", linewidth=1.5, label="human text")
+            values.append(float(human[metric]))
         if log_y and values and max(values) > 10 * min(values):  # log only when it spans a decade
             ax.set_yscale("log")
         ax.set_xlabel("denoiser forward passes (= sampling steps)")
@@ -272,6 +278,8 @@ def quality_vs_steps_figure(
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colour[s], marker="o", markersize=3, label=s) for s in strategies]
     handles += [Line2D([], [], color="black", linestyle=style[s], label=s) for s in schedules]
+    if human:
+        handles.append(Line2D([], [], color="black", linewidth=1.5, label="human text"))
     fig.legend(handles=handles, loc="outside right upper", title="strategy (colour)\nschedule (line)")
     return fig
 

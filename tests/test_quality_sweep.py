@@ -105,6 +105,9 @@ def test_figure_one_panel_per_present_metric_one_line_per_setting(rows, rows_ref
     fig = quality_vs_steps_figure(rows_ref)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2 * 3
     assert "lower = more fluent" in fig.axes[0].get_ylabel()
+    fig = quality_vs_steps_figure(rows, metrics=("unigram_entropy",), human={"unigram_entropy": 9.5})
+    assert [line.get_ydata()[0] for line in fig.axes[0].lines[-1:]] == [9.5]  # the human-text line
+    assert fig.axes[0].get_ylim()[1] >= 9.5
 
 
 def test_bench_script_writes_table_json_and_plot(scratch, reference, tmp_path, monkeypatch, capsys):
