@@ -515,6 +515,22 @@ def train(
     return TrainResult(out, step, final, last_eval, stopped_early)
 
 
+def load_or_train(run_dir: str | Path, preset_name: str = "smoke", **overrides):
+    """(model, tokenizer) of ``run_dir``'s final model, in eval mode; trains ``preset_name`` there first if it has none.
+
+    The notebooks use it to open the course model that notebook 02 trained, or a
+    tiny `smoke` model (seconds) when that notebook has not run. A run directory
+    without a final model (an interrupted run) is replaced by a fresh one.
+    """
+    from tdlib.model import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "final-model").is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        train(preset(preset_name, output_dir=str(run_dir), **overrides), progress=False)
+    return load_checkpoint(run_dir / "final-model")
+
+
 def out_of_memory_advice(config: TrainConfig) -> str:
     """What to try after the GPU ran out of memory: smaller micro-batches, same effective batch."""
     micro = config.batch_size // config.grad_accum

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tdlib.errors import UserError
 from tdlib.masking import MaskingCollator
 from tdlib.model import validate_model_dir
-from tdlib.train import MaskedDiffusionLoss, TrainConfig, lr_at, preset, train
+from tdlib.train import MaskedDiffusionLoss, TrainConfig, load_or_train, lr_at, preset, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +43,20 @@ def finished_run(tmp_path_factory):
     seen = []
     result = train(smoke(out), progress=False, callbacks=[seen.append])
     return out, result, seen
+
+
+def test_load_or_train_loads_a_finished_run_and_trains_only_when_needed(finished_run, tmp_path):
+    out, _, _ = finished_run
+    stamp = (out / "metrics.jsonl").stat().st_mtime_ns
+    model, tokenizer = load_or_train(out)
+    assert not model.training and tokenizer.mask_token_id is not None
+    assert (out / "metrics.jsonl").stat().st_mtime_ns == stamp  # loaded, not retrained
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoint-2").mkdir(parents=True)  # an interrupted run without a final model
+    model, _ = load_or_train(fresh, max_steps=2, eval_steps=2, save_steps=2)
+    assert validate_model_dir(fresh / "final-model") is None
+    assert same(weights(fresh / "final-model"), {k: v.contiguous() for k, v in model.state_dict().items()
+                                                 if k in weights(fresh / "final-model")})
 
 
 def test_smoke_run_writes_checkpoints_and_metrics(finished_run):
