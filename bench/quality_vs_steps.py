@@ -9,8 +9,12 @@ metrics (distinct-n, unigram entropy, repetition, self-BLEU) and, with
 autoregressive baseline, ``tdlib train --objective causal``). Step counts above
 the number of generated positions are clipped to it (one token per step).
 
-Writes to ``--out``: ``quality_vs_steps.json`` (settings and one row per cell,
-texts included, nan written as null), ``quality_vs_steps.md`` (one table per metric: strategy x
+Each metric is also computed on as many human texts of the same length: the
+last blocks of the validation split of the corpus the checkpoint was trained on
+(``--human-dataset`` to choose another), so every number has its reference.
+
+Writes to ``--out``: ``quality_vs_steps.json`` (settings, the human reference and
+one row per cell, texts included, nan written as null), ``quality_vs_steps.md`` (one table per metric: strategy x
 schedule down, steps across) and ``quality_vs_steps.png`` (one panel per metric
 against forward passes).
 
@@ -68,9 +72,30 @@ def parse_steps(text: str) -> list[int]:
         raise UserError(f"--steps must be comma-separated integers, got {text!r}") from exc
 
 
+def human_texts(tokenizer, dataset: str, data_dir: str | None, count: int, max_length: int) -> list[str]:
+    """``count`` human texts as long as a sample: the last packed blocks of the dataset's validation split."""
+    from tdlib.data import get_split, load_corpus, make_examples
+
+    blocks = make_examples(get_split(load_corpus(dataset, data_dir), "valid"), tokenizer, max_length, "packed")
+    if len(blocks) < count:
+        raise UserError(f"the {dataset} validation split has {len(blocks)} blocks of {max_length} tokens; "
+                        f"ask for at most that many samples")
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in blocks.input_ids[-count:]]
+
+
+def trained_dataset(checkpoint: Path) -> tuple[str, str | None]:
+    """(dataset, data_dir) the checkpoint was trained on, from its training_config.json; pydoc if unknown."""
+    path = checkpoint / "training_config.json"
+    try:
+        config = json.loads(path.read_text())
+        return config.get("dataset") or "pydoc", config.get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return "pydoc", None
+
+
 def main(argv: list[str] | None = None) -> int:
     from tdlib.causal import load_causal
-    from tdlib.metrics import quality_vs_steps, steps_table
+    from tdlib.metrics import generative_perplexity, quality_vs_steps, sample_metrics, steps_table
     from tdlib.model import load_checkpoint, resolve_checkpoint
     from tdlib.plots import quality_vs_steps_figure, save_figure
     from tdlib.sample import SAMPLINGS, STRATEGIES
@@ -90,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--human-dataset", help="corpus of the human reference texts (default: the checkpoint's own)")
+    p.add_argument("--data-dir", help="folder of --human-dataset's files (wikitext-2 and the like)")
     p.add_argument("--out", type=Path, default=Path("quality_vs_steps"), help="folder for the three output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -97,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer = load_checkpoint(args.checkpoint)
         reference = load_causal(resolve_checkpoint(args.reference)) if args.reference else None
+        dataset, data_dir = trained_dataset(resolve_checkpoint(args.checkpoint))
+        if args.human_dataset:
+            dataset, data_dir = args.human_dataset, args.data_dir
+        human = human_texts(tokenizer, dataset, args.data_dir or data_dir, args.num_samples, args.max_length)
+        human_metrics = sample_metrics(human)
+        if reference is not None:
+            human_metrics["generative_perplexity"] = generative_perplexity(human, *reference)
         rows = quality_vs_steps(
             model, tokenizer, steps=parse_steps(args.steps), strategies=args.strategies.split(","),
             schedules=args.schedules.split(","), num_samples=args.num_samples, max_length=args.max_length,
@@ -109,17 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("out", "quiet")}
     (args.out / "quality_vs_steps.json").write_text(
-        json.dumps(json_safe({"settings": settings, "rows": rows}), indent=1), encoding="utf-8"
+        json.dumps(json_safe({"settings": settings, "human": {"dataset": dataset, "texts": human, **human_metrics},
+                              "rows": rows}), indent=1), encoding="utf-8"
     )
-    (args.out / "quality_vs_steps.md").write_text(steps_table(rows), encoding="utf-8")
+    reference_line = ", ".join(f"{k} {v:.3f}" for k, v in human_metrics.items())
+    (args.out / "quality_vs_steps.md").write_text(
+        f"Human text ({args.num_samples} blocks of {dataset}'s validation split): {reference_line}\n\n"
+        + steps_table(rows), encoding="utf-8")
     metrics = ("generative_perplexity", "unigram_entropy", "repetition_rate_4")
-    save_figure(quality_vs_steps_figure(rows, metrics=metrics), args.out / "quality_vs_steps.png")
+    figure = quality_vs_steps_figure(rows, metrics=metrics, human=human_metrics)
+    save_figure(figure, args.out / "quality_vs_steps.png")
     print(f"wrote {args.out}/quality_vs_steps.{{json,md,png}}", file=sys.stderr)
     figures: dict[str, object] = {
         "cells": len(rows),
         "seconds_total": sum(r["seconds"] for r in rows),
     }
     figures.update(best_cells(rows, "generative_perplexity" if reference else "repetition_rate_4"))
+    figures.update({f"human_{k}": v for k, v in human_metrics.items() if k in metrics})
     print_figures(figures)
     return 0
 

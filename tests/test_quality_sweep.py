@@ -128,7 +128,12 @@ def test_bench_script_writes_table_json_and_plot(scratch, reference, tmp_path, m
     assert printed["cells"] == "12" and "best_cell_random" in printed and "best_generative_perplexity_resample" in printed
     result = json.loads((out / "quality_vs_steps.json").read_text())
     assert len(result["rows"]) == 12 and result["settings"]["steps"] == "2,4"
-    assert "| resample | exponential |" in (out / "quality_vs_steps.md").read_text()
+    human = result["human"]  # the same metrics on as many held-out human texts
+    assert human["dataset"] == "pydoc" and len(human["texts"]) == 2
+    assert human["unigram_entropy"] == pytest.approx(sample_metrics(human["texts"])["unigram_entropy"])
+    assert float(printed["human_generative_perplexity"]) == pytest.approx(human["generative_perplexity"], rel=1e-3)
+    table = (out / "quality_vs_steps.md").read_text()
+    assert table.startswith("Human text") and "| resample | exponential |" in table
     assert (out / "quality_vs_steps.png").read_bytes()[:4] == b"\x89PNG"
     assert bench.main([*argv[:4], "--steps", "four", "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: --steps")
