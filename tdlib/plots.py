@@ -268,7 +268,7 @@ def quality_vs_steps_figure(
         ax.minorticks_off()
         values = [float(r[metric]) for r in rows if metric in r and float(r[metric]) > 0]
         if human and metric in human:
-            ax.axhline(human[metric], color="black", linewidth=1.5, label="human text")
+            ax.axhline(human[metric], color="0.55", linewidth=4, alpha=0.5, label="human text")
             values.append(float(human[metric]))
         if log_y and values and max(values) > 10 * min(values):  # log only when it spans a decade
             ax.set_yscale("log")
@@ -279,7 +279,7 @@ def quality_vs_steps_figure(
     handles = [Line2D([], [], color=colour[s], marker="o", markersize=3, label=s) for s in strategies]
     handles += [Line2D([], [], color="black", linestyle=style[s], label=s) for s in schedules]
     if human:
-        handles.append(Line2D([], [], color="black", linewidth=1.5, label="human text"))
+        handles.append(Line2D([], [], color="0.55", linewidth=4, alpha=0.5, label="human text"))
     fig.legend(handles=handles, loc="outside right upper", title="strategy (colour)\nschedule (line)")
     return fig
 
