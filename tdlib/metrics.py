@@ -27,7 +27,7 @@ import torch
 
 from tdlib.errors import UserError, check
 from tdlib.model import minilm_path
-from tdlib.sample import STRATEGIES, check_options, generate
+from tdlib.sample import STRATEGIES, build_canvas, check_options, generate
 
 Text = str | Sequence[str]
 
@@ -288,12 +288,8 @@ STEP_METRIC_NOTES = {
 
 def _generated_positions(tokenizer: Any, prefix: str, max_length: int) -> int:
     """How many canvas positions `tdlib.sample.generate` will write for this prefix and length."""
-    infill = tokenizer.mask_token in prefix
-    text = prefix if infill else prefix.rstrip()
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text.strip() else []
-    if infill:
-        return sum(i == tokenizer.mask_token_id for i in ids)
-    return max_length - 2 - len(ids)  # between the start and end tokens, after the prefix
+    canvas, _ = build_canvas(tokenizer, prefix, max_length)
+    return sum(i == tokenizer.mask_token_id for i in canvas)
 
 
 def _reference_limit(model: Any) -> int:

@@ -400,6 +400,39 @@ def _position_limit(model, tokenizer) -> int | None:
     return limit if limit <= 100_000 else None  # transformers uses a huge number for "no limit"
 
 
+def build_canvas(tokenizer, prefix: str, max_length: int) -> tuple[list[int], dict[int, list[int]] | None]:
+    """The ids `generate` starts from, and the positions where a word-continuation piece is banned.
+
+    ``[start] prefix [mask] ... [mask] [end]``, ``max_length`` ids, or, when
+    ``prefix`` holds the tokenizer's mask token, ``[start] text [end]`` with its own
+    mask tokens as the positions to fill.
+    """
+    start_id, end_id = boundary_ids(tokenizer)
+    mask_id = tokenizer.mask_token_id
+    infill = tokenizer.mask_token in prefix
+    text = prefix if infill else prefix.rstrip()
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"] if text.strip() else []
+    room = max_length - 2
+    if infill:
+        check(len(ids) <= room, f"the text is {len(ids)} tokens; --max-length {max_length} allows {room}")
+        canvas = [start_id, *ids, end_id]
+        # a mask after whitespace (or at the start) is a new word: no continuation piece there
+        word_starts = [1 + i for i, (token, (begin, _)) in enumerate(zip(ids, encoded["offset_mapping"], strict=True))
+                       if token == mask_id and (begin == 0 or text[begin - 1].isspace())]
+        forbidden_at = dict.fromkeys(word_starts, continuation_ids(tokenizer))
+    else:
+        check(
+            len(ids) < room,
+            f"the prefix is {len(ids)} tokens, leaving no room in --max-length {max_length} "
+            f"(at most {room - 1} prefix tokens); shorten the prefix or raise --max-length",
+        )
+        canvas = [start_id, *ids, *[mask_id] * (room - len(ids)), end_id]
+        # the first generated token starts a new word, so it is never glued onto the prefix
+        forbidden_at = {1 + len(ids): continuation_ids(tokenizer)} if ids else None
+    return canvas, forbidden_at
+
+
 def generate(
     model,
     tokenizer,
@@ -445,29 +478,10 @@ def generate(
         limit is None or max_length <= limit,
         f"--max-length {max_length} exceeds the model's {limit} positions; use --max-length {limit} or less",
     )
-    start_id, end_id = boundary_ids(tokenizer)
     mask_id = tokenizer.mask_token_id
+    canvas, forbidden_at = build_canvas(tokenizer, prefix, max_length)
     infill = tokenizer.mask_token in prefix
-    text = prefix if infill else prefix.rstrip()
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoded["input_ids"] if text.strip() else []
-    room = max_length - 2
-    if infill:
-        check(len(ids) <= room, f"the text is {len(ids)} tokens; --max-length {max_length} allows {room}")
-        canvas = [start_id, *ids, end_id]
-        # a mask after whitespace (or at the start) is a new word: no continuation piece there
-        word_starts = [1 + i for i, (token, (begin, _)) in enumerate(zip(ids, encoded["offset_mapping"], strict=True))
-                       if token == mask_id and (begin == 0 or text[begin - 1].isspace())]
-        forbidden_at = dict.fromkeys(word_starts, continuation_ids(tokenizer))
-    else:
-        check(
-            len(ids) < room,
-            f"the prefix is {len(ids)} tokens, leaving no room in --max-length {max_length} "
-            f"(at most {room - 1} prefix tokens); shorten the prefix or raise --max-length",
-        )
-        canvas = [start_id, *ids, *[mask_id] * (room - len(ids)), end_id]
-        # the first generated token starts a new word, so it is never glued onto the prefix
-        forbidden_at = {1 + len(ids): continuation_ids(tokenizer)} if ids else None
+    prefix_tokens = len(canvas) - 2 - canvas.count(mask_id)  # continuation: the tokens before the masks
     x_init = torch.tensor([canvas] * num_samples, dtype=torch.long, device=device)  # (B, L)
     generator = torch.Generator(device=device)
     if seed is None:
@@ -493,7 +507,8 @@ def generate(
     if infill:
         texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in trajectory.final]
     else:
-        tails = [tokenizer.decode(row[1 + len(ids):], skip_special_tokens=True).strip()
+        tails = [tokenizer.decode(row[1 + prefix_tokens:], skip_special_tokens=True).strip()
                  for row in trajectory.final]
+        text = prefix.rstrip()
         texts = [f"{text} {tail}" if text else tail for tail in tails]
     return texts, trajectory
