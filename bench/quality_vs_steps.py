@@ -83,20 +83,10 @@ def human_texts(tokenizer, dataset: str, data_dir: str | None, count: int, max_l
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in blocks.input_ids[-count:]]
 
 
-def trained_dataset(checkpoint: Path) -> tuple[str, str | None]:
-    """(dataset, data_dir) the checkpoint was trained on, from its training_config.json; pydoc if unknown."""
-    path = checkpoint / "training_config.json"
-    try:
-        config = json.loads(path.read_text())
-        return config.get("dataset") or "pydoc", config.get("data_dir")
-    except (OSError, ValueError, AttributeError):
-        return "pydoc", None
-
-
 def main(argv: list[str] | None = None) -> int:
     from tdlib.causal import load_causal
     from tdlib.metrics import generative_perplexity, quality_vs_steps, sample_metrics, steps_table
-    from tdlib.model import load_checkpoint, resolve_checkpoint
+    from tdlib.model import load_checkpoint, resolve_checkpoint, training_config
     from tdlib.plots import quality_vs_steps_figure, save_figure
     from tdlib.sample import SAMPLINGS, STRATEGIES
 
@@ -124,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model, tokenizer = load_checkpoint(args.checkpoint)
         reference = load_causal(resolve_checkpoint(args.reference)) if args.reference else None
-        dataset, data_dir = trained_dataset(resolve_checkpoint(args.checkpoint))
-        if args.human_dataset:
-            dataset, data_dir = args.human_dataset, args.data_dir
-        human = human_texts(tokenizer, dataset, args.data_dir or data_dir, args.num_samples, args.max_length)
+        trained = training_config(resolve_checkpoint(args.checkpoint))
+        dataset = args.human_dataset or trained.get("dataset") or "pydoc"
+        data_dir = args.data_dir or (None if args.human_dataset else trained.get("data_dir"))
+        human = human_texts(tokenizer, dataset, data_dir, args.num_samples, args.max_length)
         human_metrics = sample_metrics(human)
         if reference is not None:
             human_metrics["generative_perplexity"] = generative_perplexity(human, *reference)

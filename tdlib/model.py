@@ -320,6 +320,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+TRAINING_CONFIG_FILE = "training_config.json"  # written beside each checkpoint by tdlib.train
+
+
+def training_config(model_dir: str | Path) -> dict:
+    """The model directory's recorded training config, or {} when it has none (e.g. a hub model)."""
+    path = Path(model_dir) / TRAINING_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str | None = None):
     """Load (model, tokenizer) from a run directory or a model directory, in eval mode."""
     model, tokenizer = _load_pretrained(str(resolve_checkpoint(path)))

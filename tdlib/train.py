@@ -48,6 +48,7 @@ from tdlib.masking import (
 from tdlib.masking import MODES as MASKING_MODES
 from tdlib.model import (
     LATEST_FILE,
+    TRAINING_CONFIG_FILE,
     as_denoiser,
     autocast,
     list_checkpoints,
@@ -60,7 +61,7 @@ from tdlib.model import (
 WEIGHTINGS = ("uniform", "elbo")
 OBJECTIVES = ("diffusion", "causal")
 STATE_FILE = "trainer_state.pt"
-CONFIG_FILE = "training_config.json"
+CONFIG_FILE = TRAINING_CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
 
 

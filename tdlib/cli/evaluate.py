@@ -14,16 +14,14 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 from tdlib.cli import seed_value
 from tdlib.data import MODES, get_split, load_corpus, make_examples
 from tdlib.errors import check
 from tdlib.evaluate import DEFAULT_RATIOS, discrete_bound, nelbo
 from tdlib.masking import protected_positions
-from tdlib.model import as_denoiser, load_checkpoint, resolve_checkpoint
+from tdlib.model import as_denoiser, load_checkpoint, resolve_checkpoint, training_config
 
-TRAINING_CONFIG = "training_config.json"  # written beside each checkpoint by tdlib.train
 SPLITS = ("train", "valid", "test")
 
 
@@ -44,18 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="blocks per forward pass")
     parser.add_argument("--seed", type=seed_value, default=0, help="seed of the masks (same seed, same masks)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
-
-
-def _training_config(model_dir: Path) -> dict:
-    """The checkpoint's recorded training config, or {} when it has none (e.g. a hub model)."""
-    path = model_dir / TRAINING_CONFIG
-    if not path.is_file():
-        return {}
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
 
 
 def _first_characters(lines: list[str], max_characters: int | None) -> list[str]:
@@ -89,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
     check(args.max_characters is None or args.max_characters >= 1, "--max-characters must be >= 1")
     model_dir = resolve_checkpoint(args.checkpoint)
-    trained = _training_config(model_dir)
+    trained = training_config(model_dir)
     dataset = args.dataset or trained.get("dataset") or "pydoc"
     data_dir = args.data_dir if args.data_dir is not None else (trained.get("data_dir") if not args.dataset else None)
     max_length = args.max_length or trained.get("max_length") or 128
