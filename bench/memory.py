@@ -6,9 +6,10 @@ samples the process's resident set size (psutil RSS, every 2 ms) while the
 work runs; torch's CPU tensors live in ordinary process memory, so the RSS
 peak is their peak plus the interpreter, libraries and model.
 
-- ``train``: tdlib's training step with the `cpu` preset's settings (MiniLM,
-  packed 128-token blocks, batch 16, continuous t, ELBO weighting, LM head at
-  masked positions only, AdamW), two steps (the first allocates AdamW's state);
+- ``train``: tdlib's training step with the `cpu` preset's settings but
+  ``--batch-size`` examples (16 by default; the preset trains 4 at a time):
+  MiniLM, packed 128-token blocks, stratified t, ELBO weighting, LM head at
+  masked positions only, AdamW; two steps (the first allocates AdamW's state);
 - ``train_full_head``: the same step computing the LM head at all 16 x 128
   positions and the loss from ``model(..., labels=...)`` (the seed's way),
   for comparison;

@@ -56,6 +56,7 @@ from tdlib.model import (
     masked_logits,
     max_sequence_length,
     save_model,
+    split_mlm,
 )
 
 WEIGHTINGS = ("uniform", "elbo")
@@ -63,6 +64,9 @@ OBJECTIVES = ("diffusion", "causal")
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = TRAINING_CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
+
+
+HEAD_INITS = ("random", "unigram")
 
 
 @dataclass
@@ -98,6 +102,8 @@ class TrainConfig:
     scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
     causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
+    head_init: str = "random"  # "random", or "unigram": output bias = log unigram frequencies of the train tokens
+    head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
 
     def validate(self) -> TrainConfig:
         """Check every value; raise UserError naming the flag to fix."""
@@ -124,6 +130,8 @@ class TrainConfig:
         check(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
         check(0 <= self.seed < 2**32, f"--seed must be in 0 .. {2**32 - 1}, got {self.seed}")
         check(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
+        check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
+        check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
         return self
 
 
@@ -138,9 +146,10 @@ PRESETS: dict[str, dict] = {
     # offline, about 10 minutes on a 2-core laptop; settings chosen by measurement (README: "The cpu preset")
     "cpu": dict(
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
-        prefix_length=5, masking="stratified", loss_weighting="elbo", max_steps=140,
-        batch_size=16, learning_rate=3e-4, warmup_steps=14, eval_steps=70, save_steps=70,
-        eval_examples=32, log_steps=5, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
+        prefix_length=5, masking="stratified", loss_weighting="elbo", max_steps=560,
+        batch_size=4, learning_rate=3e-4, warmup_steps=28, eval_steps=280, save_steps=140,
+        head_init="unigram", head_lr_scale=10.0,
+        eval_examples=32, log_steps=10, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
     ),
     # seconds: tests, CI and notebook smoke runs
     "smoke": dict(
@@ -191,6 +200,51 @@ class MaskedDiffusionLoss(torch.nn.Module):
         # weight 1/t turns the masked CE into an ELBO (per scorable token)
         t_per_token = t[:, None].expand_as(labels)[where]  # (M,)
         return (ce / t_per_token).sum() / scorable.sum().clamp(min=1)
+
+
+def head_parameters(model) -> list[torch.nn.Parameter]:
+    """The LM head's own parameters: its transform and output bias, not weights tied to the input embeddings."""
+    parts = split_mlm(model)
+    if parts is None:
+        return []
+    tied = {id(p) for p in model.get_input_embeddings().parameters()}
+    return [p for p in parts[1].parameters() if id(p) not in tied]
+
+
+def param_groups(model, weight_decay: float, head_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no decay on biases and norms; the head's own parameters apart when their lr is scaled."""
+    head = {id(p) for p in head_parameters(model)} if head_lr_scale != 1.0 else set()
+    groups = []
+    for in_head, scale in ((False, 1.0), (True, head_lr_scale)):
+        params = [p for p in model.parameters() if (id(p) in head) == in_head]
+        if params:
+            groups += [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale},
+            ]
+    return groups
+
+
+@torch.no_grad()
+def init_output_bias(model, examples: Examples, tokenizer, smoothing: float = 0.5) -> bool:
+    """Set the LM head's output bias to the log unigram frequencies of the training tokens.
+
+    A new head starts with logits near zero: a uniform guess over the whole
+    vocabulary (ln V nats, about 10 for 30k tokens). With this bias its first
+    guess is the unigram distribution, so training spends its steps on context.
+    Returns False when the head has no output bias (GPT-2's, for one).
+    """
+    out = model.get_output_embeddings()
+    bias = getattr(out, "bias", None) if out is not None else None
+    if bias is None:
+        return False
+    ids = examples.input_ids[examples.attention_mask.bool()]
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    ids = ids[~torch.isin(ids, special)]
+    counts = torch.bincount(ids, minlength=bias.numel())[: bias.numel()].double() + smoothing
+    log_p = counts.log() - counts.sum().log()
+    bias.copy_((log_p - log_p.mean()).to(bias.dtype))  # softmax ignores a shift; centred to stay small
+    return True
 
 
 def _set_step_seed(seed: int, step: int) -> None:
@@ -355,10 +409,11 @@ def train(
         tokenizer, config.mask_probs, mode=config.masking, prefix_length=config.prefix_length, seed=config.seed
     )
 
+    head_init = "random"
+    if resume_from is None and config.head_init == "unigram" and init_output_bias(model, train_examples, tokenizer):
+        head_init = "unigram"  # recorded below: a head without an output bias (GPT-2's) keeps its random start
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups(model, config.weight_decay, config.head_lr_scale)
     # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
     loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting)
@@ -388,7 +443,7 @@ def train(
 
     if start_step == 0:
         emit({"step": 0, "event": "start", "max_steps": total_steps, "config": dataclasses.asdict(config),
-              "train_examples": len(train_examples), "eval_examples": len(eval_examples),
+              "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
               "parameters": sum(p.numel() for p in unwrapped.parameters())})
     elif resume_from is not None:
         emit({"step": start_step, "event": "resume", "max_steps": total_steps, "from": resume_from.name})
@@ -434,7 +489,7 @@ def train(
             examples = [train_examples[int(i)] for i in batch_ids]
             batch = clean_batch(examples, tokenizer) if causal else collator(examples)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config, total_steps)
+                group["lr"] = lr_at(step, config, total_steps) * group.get("lr_scale", 1.0)
             step_loss = 0.0
             for a in range(config.grad_accum):
                 start = a * micro + rank * per_rank  # this process's rows of this micro-batch

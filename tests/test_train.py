@@ -15,10 +15,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tdlib.data import make_examples
 from tdlib.errors import UserError
 from tdlib.masking import MaskingCollator
 from tdlib.model import validate_model_dir
-from tdlib.train import MaskedDiffusionLoss, TrainConfig, load_or_train, lr_at, preset, train
+from tdlib.train import (
+    MaskedDiffusionLoss,
+    TrainConfig,
+    head_parameters,
+    init_output_bias,
+    load_or_train,
+    lr_at,
+    param_groups,
+    preset,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,6 +178,44 @@ def test_elbo_weighting_divides_by_t(scratch):
     assert torch.allclose(elbo, expected, rtol=1e-5)
 
 
+def test_unigram_head_init_makes_the_first_guess_the_unigram_distribution(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config).eval()
+    lines = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
+    examples = make_examples(lines, tokenizer, 16, "lines")
+    assert init_output_bias(model, examples, tokenizer)
+    bias = model.get_output_embeddings().bias
+    ids = examples.input_ids[examples.attention_mask.bool()]
+    content = ids[~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))]
+    counts = torch.bincount(content, minlength=bias.numel()).double() + 0.5
+    expected = torch.log_softmax(counts.log(), 0)
+    assert torch.allclose(torch.log_softmax(bias.double(), 0), expected, atol=1e-5)
+    most = int(torch.bincount(content).argmax())
+    assert int(bias.argmax()) == most and bias[tokenizer.mask_token_id] < bias[most] - 1
+
+
+def test_head_lr_scale_puts_only_the_heads_own_parameters_in_scaled_groups(scratch):
+    model, _ = scratch
+    head = {id(p) for p in head_parameters(model)}
+    assert head and id(model.get_input_embeddings().weight) not in head  # tied decoder stays with the body
+    groups = param_groups(model, 0.01, head_lr_scale=10.0)
+    scaled = {id(p) for g in groups if g["lr_scale"] == 10.0 for p in g["params"]}
+    assert scaled == head
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(param_groups(model, 0.01)) == 2  # unscaled: the two groups older checkpoints saved
+
+
+def test_head_options_train_and_resume_exactly(finished_run, tmp_path):
+    kw = dict(head_init="unigram", head_lr_scale=5.0)
+    full = tmp_path / "full"
+    train(smoke(full, **kw), progress=False)
+    stopped = tmp_path / "stopped"
+    train(smoke(stopped, time_budget_s=0.0, **kw), progress=False)
+    train(smoke(stopped, **kw), resume=True, progress=False)
+    assert same(weights(stopped / "final-model"), weights(full / "final-model"))
+    assert not same(weights(full / "final-model"), weights(finished_run[0] / "final-model"))
+
+
 def test_lr_warms_up_then_decays_to_zero():
     cfg = TrainConfig(learning_rate=1.0, warmup_steps=4)
     lrs = [lr_at(s, cfg, 10) for s in range(10)]
@@ -183,6 +232,8 @@ def test_lr_warms_up_then_decays_to_zero():
         (dict(loss_weighting="nope"), "loss-weighting"),
         (dict(batch_size=0), "batch-size"),
         (dict(learning_rate=-1.0), "learning-rate"),
+        (dict(head_init="zeros"), "head-init"),
+        (dict(head_lr_scale=0.0), "head-lr-scale"),
     ],
 )
 def test_bad_settings_are_user_errors(overrides, match):

@@ -11,7 +11,7 @@ from tdlib.masking import MODES, parse_ratios
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib train`; unset flags take the preset's value."""
-    from tdlib.train import OBJECTIVES, PRESETS, WEIGHTINGS
+    from tdlib.train import HEAD_INITS, OBJECTIVES, PRESETS, WEIGHTINGS
 
     a = parser.add_argument
     a("--preset", choices=sorted(PRESETS), default="cpu", help="base settings (default: cpu)")
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--masking", choices=list(MODES),
       help="one ratio per batch, per example, t~U(eps,1) per example, or the same spread evenly over the batch")
     a("--loss-weighting", choices=WEIGHTINGS)
+    a("--head-init", choices=HEAD_INITS,
+      help="output bias of a new LM head: random (zero) or unigram (log frequencies of the training tokens)")
+    a("--head-lr-scale", type=float, help="learning-rate multiplier for the LM head's own parameters")
     a("--eval-steps", type=int)
     a("--save-steps", type=int)
     a("--save-total-limit", type=int)
@@ -53,6 +56,7 @@ def config_from_args(args: argparse.Namespace):
             "objective", "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
             "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
             "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "seed",
+            "head_init", "head_lr_scale",
         )
     }
     if args.mask_probs is not None:
