@@ -1,7 +1,7 @@
 """Time to quality on CPU: diffusion NELBO vs an autoregressive baseline's NLL, at equal minutes.
 
 Both models use the `cpu` preset's settings (MiniLM-sized, its tokenizer, packed
-128-token blocks, batch 16) and the same loop; the AR baseline is a GPT-2 of the
+128-token blocks, the preset's batch) and the same loop; the AR baseline is a GPT-2 of the
 same size and tokenizer trained from scratch (``objective="causal"``). Data:
 tokenized WikiText-2 (``../shared/data/wikitext-2-v1``): train on ``train.txt``,
 score the first ``--valid-chars`` characters of ``valid.txt`` in bits per character.
@@ -12,7 +12,7 @@ Minutes are turned into step counts by a calibration measured in the same run
 models alike; each model then trains once for the largest budget, checkpointing
 at the smaller ones (its learning-rate schedule is set for the largest budget).
 
-    python bench/time_to_quality.py                 # 2, 5 and 10 minutes (about 35 min in all)
+    python bench/time_to_quality.py                 # 2, 5 and 10 minutes (about 30 min in all)
     python bench/time_to_quality.py --minutes 0.5,1 # a quick look
     python bench/time_to_quality.py --dataset pydoc --minutes 10  # the cpu preset's corpus
 
