@@ -64,8 +64,6 @@ OBJECTIVES = ("diffusion", "causal")
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = TRAINING_CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
-
-
 HEAD_INITS = ("random", "unigram")
 
 
@@ -238,9 +236,7 @@ def init_output_bias(model, examples: Examples, tokenizer, smoothing: float = 0.
     bias = getattr(out, "bias", None) if out is not None else None
     if bias is None:
         return False
-    ids = examples.input_ids[examples.attention_mask.bool()]
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
-    ids = ids[~torch.isin(ids, special)]
+    ids = examples.input_ids[~protected_positions(examples.input_ids, tokenizer, examples.attention_mask)]
     counts = torch.bincount(ids, minlength=bias.numel())[: bias.numel()].double() + smoothing
     log_p = counts.log() - counts.sum().log()
     bias.copy_((log_p - log_p.mean()).to(bias.dtype))  # softmax ignores a shift; centred to stay small
