@@ -341,6 +341,25 @@ def load_checkpoint(path: str | Path, device: torch.device | str | None = None):
     return model.to(device or pick_device()).eval(), tokenizer
 
 
+def set_dropout(model, p: float) -> int:
+    """Set every dropout probability of ``model`` to ``p``, in its modules and its saved config.
+
+    Pretrained checkpoints ship with the dropout of their long pre-training (0.1 for BERT-style
+    models); a run of a few hundred steps sees each token about once, so there is nothing to
+    regularise and the noise only slows learning. Returns the number of dropout modules changed.
+    """
+    check(0.0 <= p < 1.0, f"--dropout must be in [0, 1), got {p}")
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+            changed += 1
+    for key, value in list(model.config.to_dict().items()):  # hidden_dropout_prob, attn_pdrop, ...
+        if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+            setattr(model.config, key, p)
+    return changed
+
+
 def max_sequence_length(model) -> int | None:
     """Longest input (in tokens) the model's position embeddings allow, or None if it does not say."""
     limit = getattr(model.config, "max_position_embeddings", None)

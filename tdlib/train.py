@@ -56,6 +56,7 @@ from tdlib.model import (
     masked_logits,
     max_sequence_length,
     save_model,
+    set_dropout,
     split_mlm,
 )
 
@@ -102,6 +103,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
     head_init: str = "random"  # "random", or "unigram": output bias = log unigram frequencies of the train tokens
     head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
+    dropout: float | None = None  # None keeps the model's own dropout; 0.0 turns it off for short runs
 
     def validate(self) -> TrainConfig:
         """Check every value; raise UserError naming the flag to fix."""
@@ -130,6 +132,7 @@ class TrainConfig:
         check(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
         check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
         check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
+        check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
         return self
 
 
@@ -408,6 +411,8 @@ def train(
     head_init = "random"
     if resume_from is None and config.head_init == "unigram" and init_output_bias(model, train_examples, tokenizer):
         head_init = "unigram"  # recorded below: a head without an output bias (GPT-2's) keeps its random start
+    if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
+        set_dropout(model, config.dropout)
     model.train()
     groups = param_groups(model, config.weight_decay, config.head_lr_scale)
     # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors

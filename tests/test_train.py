@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 from tdlib.data import make_examples
 from tdlib.errors import UserError
 from tdlib.masking import MaskingCollator
-from tdlib.model import validate_model_dir
+from tdlib.model import set_dropout, validate_model_dir
 from tdlib.train import (
     MaskedDiffusionLoss,
     TrainConfig,
@@ -216,6 +217,30 @@ def test_head_options_train_and_resume_exactly(finished_run, tmp_path):
     assert not same(weights(full / "final-model"), weights(finished_run[0] / "final-model"))
 
 
+def test_set_dropout_turns_off_every_dropout_and_says_so_in_the_config(scratch):
+    model, _ = scratch
+    model = copy.deepcopy(model).train()
+    x = torch.randint(5, 100, (2, 16))
+    torch.manual_seed(0)
+    noisy = model(input_ids=x).logits
+    assert not torch.equal(noisy, model(input_ids=x).logits)  # the scratch RoBERTa starts with dropout 0.1
+    assert set_dropout(model, 0.0) > 0
+    assert torch.equal(model(input_ids=x).logits, model(input_ids=x).logits)
+    assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0
+    with pytest.raises(UserError, match="dropout"):
+        set_dropout(model, 1.0)
+
+
+def test_dropout_option_trains_and_resumes_exactly(finished_run, tmp_path):
+    full = tmp_path / "full"
+    train(smoke(full, dropout=0.0), progress=False)
+    stopped = tmp_path / "stopped"
+    train(smoke(stopped, time_budget_s=0.0, dropout=0.0), progress=False)
+    train(smoke(stopped, dropout=0.0), resume=True, progress=False)
+    assert same(weights(stopped / "final-model"), weights(full / "final-model"))
+    assert not same(weights(full / "final-model"), weights(finished_run[0] / "final-model"))
+
+
 def test_lr_warms_up_then_decays_to_zero():
     cfg = TrainConfig(learning_rate=1.0, warmup_steps=4)
     lrs = [lr_at(s, cfg, 10) for s in range(10)]
@@ -234,6 +259,7 @@ def test_lr_warms_up_then_decays_to_zero():
         (dict(learning_rate=-1.0), "learning-rate"),
         (dict(head_init="zeros"), "head-init"),
         (dict(head_lr_scale=0.0), "head-lr-scale"),
+        (dict(dropout=1.0), "dropout"),
     ],
 )
 def test_bad_settings_are_user_errors(overrides, match):
