@@ -49,8 +49,8 @@ def calibrate(config, out: Path, steps: int = 5) -> float:
     return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
 
 
-def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int):
-    """Packed 128-token blocks of the first ``valid_chars`` characters of the validation split."""
+def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int, max_length: int = 128):
+    """Packed blocks (``max_length`` tokens) of the first ``valid_chars`` characters of the validation split."""
     from tdlib.data import load_corpus, make_examples
 
     lines, total = [], 0
@@ -59,7 +59,7 @@ def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int):
         total += len(line) + 1
         if total >= valid_chars:
             break
-    return make_examples(lines, tokenizer, 128, "packed")
+    return make_examples(lines, tokenizer, max_length, "packed")
 
 
 def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_chars: int) -> dict:
@@ -67,10 +67,11 @@ def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_ch
     from tdlib.causal import causal_nll, load_causal
     from tdlib.evaluate import nelbo
     from tdlib.masking import protected_positions
-    from tdlib.model import as_denoiser, load_checkpoint
+    from tdlib.model import as_denoiser, load_checkpoint, training_config
 
     model, tokenizer = load_causal(checkpoint) if causal else load_checkpoint(checkpoint, device="cpu")
-    ex = valid_examples(tokenizer, dataset, data_dir, valid_chars)
+    # blocks as long as the model was trained on
+    ex = valid_examples(tokenizer, dataset, data_dir, valid_chars, training_config(checkpoint).get("max_length", 128))
     scorable = ~protected_positions(ex.input_ids, tokenizer, ex.attention_mask, 0)
     if causal:
         r = causal_nll(model, ex.input_ids, scorable, attention_mask=ex.attention_mask,
