@@ -148,8 +148,8 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
         prefix_length=5, masking="stratified", loss_weighting="elbo", max_steps=560,
-        batch_size=4, learning_rate=3e-4, warmup_steps=28, eval_steps=280, save_steps=140,
-        head_init="unigram", head_lr_scale=10.0,
+        batch_size=4, learning_rate=2e-4, warmup_steps=28, eval_steps=140, save_steps=140,
+        head_init="unigram", head_lr_scale=10.0, dropout=0.0,
         eval_examples=32, log_steps=10, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
     ),
     # seconds: tests, CI and notebook smoke runs
