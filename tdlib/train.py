@@ -537,7 +537,7 @@ def train(
             if (step % config.save_steps == 0 or step in config.save_at) and step < total_steps:
                 save(step)
             budget_over = config.time_budget_s is not None and time.perf_counter() - train_start > config.time_budget_s
-            if interrupted["flag"] or budget_over:
+            if (interrupted["flag"] or budget_over) and step < total_steps:  # after the last step: a normal end
                 stopped_early = True
                 break
     except torch.cuda.OutOfMemoryError:

@@ -108,6 +108,14 @@ def test_stopped_run_resumes_to_identical_weights(finished_run, tmp_path):
     assert steps == [2, 4, 6, 8]  # nothing lost, nothing twice
 
 
+def test_a_budget_that_runs_out_at_the_last_step_is_a_normal_end(tmp_path):
+    out = tmp_path / "one"
+    result = train(smoke(out, max_steps=1, time_budget_s=0.0), progress=False)
+    events = [json.loads(line).get("event") for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not result.stopped_early and "stopped" not in events and events[-1] == "end"
+    assert (out / "final-model").is_dir() and not (out / "checkpoint-1").exists()
+
+
 def _train_cmd(out: Path, steps: int) -> list[str]:
     return [sys.executable, "-m", "tdlib", "train", "--preset", "smoke", "--max-steps", str(steps),
             "--save-steps", "3", "--eval-steps", "100", "--output-dir", str(out), "--quiet"]
