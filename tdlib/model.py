@@ -345,8 +345,8 @@ def set_dropout(model, p: float) -> int:
     """Set every dropout probability of ``model`` to ``p``, in its modules and its saved config.
 
     Pretrained checkpoints ship with the dropout of their long pre-training (0.1 for BERT-style
-    models); a run of a few hundred steps sees each token about once, so there is nothing to
-    regularise and the noise only slows learning. Returns the number of dropout modules changed.
+    models); a run of a few hundred steps sees its training text once or a few times, so there is
+    little to regularise and the noise only slows learning. Returns the number of dropout modules changed.
     """
     check(0.0 <= p < 1.0, f"--dropout must be in [0, 1), got {p}")
     changed = 0
