@@ -214,8 +214,9 @@ def test_head_lr_scale_puts_only_the_heads_own_parameters_in_scaled_groups(scrat
     assert len(param_groups(model, 0.01)) == 2  # unscaled: the two groups older checkpoints saved
 
 
-def test_head_options_train_and_resume_exactly(finished_run, tmp_path):
-    kw = dict(head_init="unigram", head_lr_scale=5.0)
+@pytest.mark.parametrize("kw", [dict(head_init="unigram", head_lr_scale=5.0), dict(dropout=0.0)],
+                         ids=["head-options", "no-dropout"])
+def test_training_options_train_and_resume_exactly(finished_run, tmp_path, kw):
     full = tmp_path / "full"
     train(smoke(full, **kw), progress=False)
     stopped = tmp_path / "stopped"
@@ -237,16 +238,6 @@ def test_set_dropout_turns_off_every_dropout_and_says_so_in_the_config(scratch):
     assert model.config.hidden_dropout_prob == 0.0 and model.config.attention_probs_dropout_prob == 0.0
     with pytest.raises(UserError, match="dropout"):
         set_dropout(model, 1.0)
-
-
-def test_dropout_option_trains_and_resumes_exactly(finished_run, tmp_path):
-    full = tmp_path / "full"
-    train(smoke(full, dropout=0.0), progress=False)
-    stopped = tmp_path / "stopped"
-    train(smoke(stopped, time_budget_s=0.0, dropout=0.0), progress=False)
-    train(smoke(stopped, dropout=0.0), resume=True, progress=False)
-    assert same(weights(stopped / "final-model"), weights(full / "final-model"))
-    assert not same(weights(full / "final-model"), weights(finished_run[0] / "final-model"))
 
 
 def test_lr_warms_up_then_decays_to_zero():
