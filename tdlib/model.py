@@ -360,6 +360,30 @@ def set_dropout(model, p: float) -> int:
     return changed
 
 
+def freeze_bottom(model, embeddings: bool = True, layers: int = 0) -> int:
+    """Stop training the input embeddings and/or the lowest ``layers`` transformer layers.
+
+    Backpropagation then ends above the frozen part, and its weights need no
+    gradient and no optimizer state: a cheaper step. The output layer of a
+    masked LM is usually tied to the word embeddings, so freezing the
+    embeddings freezes that matrix too; the head's transform and output bias
+    still train. Returns the number of parameters frozen.
+    """
+    base = model.base_model
+    blocks = next((m for m in base.modules() if isinstance(m, torch.nn.ModuleList)
+                   and len(m) == getattr(model.config, "num_hidden_layers", -1)), None)
+    check(0 <= layers <= (len(blocks) if blocks is not None else 0),
+          f"--freeze-layers must be in 0 .. {len(blocks) if blocks is not None else 0} for this model, got {layers}")
+    parts = list(blocks[:layers]) if layers else []
+    if embeddings:
+        parts.append(model.get_input_embeddings())
+        parts += [m for name, m in base.named_children() if "embed" in name and m is not blocks]
+    frozen = {id(p): p for part in parts for p in part.parameters()}
+    for p in frozen.values():
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen.values())
+
+
 def max_sequence_length(model) -> int | None:
     """Longest input (in tokens) the model's position embeddings allow, or None if it does not say."""
     limit = getattr(model.config, "max_position_embeddings", None)

@@ -51,6 +51,7 @@ from tdlib.model import (
     TRAINING_CONFIG_FILE,
     as_denoiser,
     autocast,
+    freeze_bottom,
     list_checkpoints,
     load_model,
     masked_logits,
@@ -60,7 +61,7 @@ from tdlib.model import (
     split_mlm,
 )
 
-WEIGHTINGS = ("uniform", "elbo")
+WEIGHTINGS = ("uniform", "elbo", "count")
 OBJECTIVES = ("diffusion", "causal")
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = TRAINING_CONFIG_FILE
@@ -81,7 +82,7 @@ class TrainConfig:
     prefix_length: int = 5  # content tokens at the start never masked (the prompt)
     mask_probs: tuple[float, ...] = SEED_RATIOS  # ratios for the "batch"/"example" modes
     masking: str = "batch"  # "batch" (the seed), "example", "continuous" t ~ U(eps, 1) or "stratified"
-    loss_weighting: str = "uniform"  # "uniform" (plain MLM, the seed) or "elbo" (1/t)
+    loss_weighting: str = "uniform"  # "uniform" (plain MLM, the seed), "elbo" (1/t) or "count" ((n+1)/m)
     epochs: float = 3.0
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 16  # examples per optimizer step (over all processes)
@@ -104,6 +105,9 @@ class TrainConfig:
     head_init: str = "random"  # "random", or "unigram": output bias = log unigram frequencies of the train tokens
     head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
     dropout: float | None = None  # None keeps the model's own dropout; 0.0 turns it off for short runs
+    # a cheaper step for a pretrained start (the masked model only: the causal baseline starts from scratch)
+    freeze_embeddings: bool = False  # keep the input embeddings (and an output layer tied to them) fixed
+    freeze_layers: int = 0  # keep the lowest N transformer layers fixed
 
     def validate(self) -> TrainConfig:
         """Check every value; raise UserError naming the flag to fix."""
@@ -133,6 +137,7 @@ class TrainConfig:
         check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
         check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
         check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        check(self.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {self.freeze_layers}")
         return self
 
 
@@ -185,6 +190,11 @@ class MaskedDiffusionLoss(torch.nn.Module):
     ``elbo``: sum_i CE_i / t over masked tokens, divided by the number of
     scorable tokens, so that its expectation over t ~ U(0, 1) is the NELBO per
     token (an upper bound on -log p(x) / n).
+    ``count``: the same bound with the realised count in place of t. An example
+    with n scorable tokens of which m are masked contributes
+    (n + 1) / m * sum_i CE_i (nothing when m = 0). Under t ~ U(0, 1), m is
+    uniform on 0..n, so its expectation is the NELBO as well, but a small t no
+    longer multiplies the chance number of masked tokens by a large 1/t.
     """
 
     def __init__(self, model, weighting: str):
@@ -198,9 +208,12 @@ class MaskedDiffusionLoss(torch.nn.Module):
         ce = F.cross_entropy(logits.float(), labels[where], reduction="none")  # (M,)
         if self.weighting == "uniform":
             return ce.sum() / where.sum().clamp(min=1)
-        # weight 1/t turns the masked CE into an ELBO (per scorable token)
-        t_per_token = t[:, None].expand_as(labels)[where]  # (M,)
-        return (ce / t_per_token).sum() / scorable.sum().clamp(min=1)
+        if self.weighting == "count":  # (n + 1) / m per example: unbiased for the NELBO, lower variance
+            n, m = scorable.sum(1), where.sum(1)  # (B,)
+            weight = ((n + 1) / m.clamp(min=1))[:, None].expand_as(labels)[where]  # (M,)
+        else:  # weight 1/t turns the masked CE into an ELBO (per scorable token)
+            weight = 1.0 / t[:, None].expand_as(labels)[where]  # (M,)
+        return (ce * weight).sum() / scorable.sum().clamp(min=1)
 
 
 def head_parameters(model) -> list[torch.nn.Parameter]:
@@ -217,7 +230,7 @@ def param_groups(model, weight_decay: float, head_lr_scale: float = 1.0) -> list
     head = {id(p) for p in head_parameters(model)} if head_lr_scale != 1.0 else set()
     groups = []
     for in_head, scale in ((False, 1.0), (True, head_lr_scale)):
-        params = [p for p in model.parameters() if (id(p) in head) == in_head]
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in head) == in_head]
         if params:
             groups += [
                 {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": scale},
@@ -413,6 +426,8 @@ def train(
         head_init = "unigram"  # recorded below: a head without an output bias (GPT-2's) keeps its random start
     if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
         set_dropout(model, config.dropout)
+    if not causal and (config.freeze_embeddings or config.freeze_layers):  # the causal baseline starts from scratch
+        freeze_bottom(model, config.freeze_embeddings, config.freeze_layers)
     model.train()
     groups = param_groups(model, config.weight_decay, config.head_lr_scale)
     # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors

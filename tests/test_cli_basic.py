@@ -18,7 +18,9 @@ from tdlib.train import TrainConfig, out_of_memory_advice, preset, train
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert main(["train", "--preset", "smoke", "--max-steps", "4", "--eval-steps", "2", "--save-steps", "2",
-                 "--head-init", "unigram", "--head-lr-scale", "3", "--dropout", "0", "--output-dir", str(out), "--quiet"]) == 0
+                 "--head-init", "unigram", "--head-lr-scale", "3", "--dropout", "0",
+                 "--loss-weighting", "count", "--freeze-embeddings", "--freeze-layers", "1", "--output-dir", str(out),
+                 "--quiet"]) == 0
     return out
 
 
@@ -27,6 +29,7 @@ def test_train_cli_writes_a_run(run_dir, capsys):
     config = json.loads((run_dir / "final-model" / "training_config.json").read_text())
     assert config["max_steps"] == 4 and config["model_name"] == "scratch"
     assert config["head_init"] == "unigram" and config["head_lr_scale"] == 3.0 and config["dropout"] == 0.0
+    assert config["loss_weighting"] == "count" and config["freeze_embeddings"] is True and config["freeze_layers"] == 1
     saved = json.loads((run_dir / "final-model" / "config.json").read_text())
     assert saved["hidden_dropout_prob"] == 0.0 and saved["attention_probs_dropout_prob"] == 0.0
     start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import signal
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 from tdlib.data import make_examples
 from tdlib.errors import UserError
 from tdlib.masking import MaskingCollator
-from tdlib.model import set_dropout, validate_model_dir
+from tdlib.model import freeze_bottom, set_dropout, validate_model_dir
 from tdlib.train import (
     MaskedDiffusionLoss,
     TrainConfig,
@@ -187,6 +188,64 @@ def test_elbo_weighting_divides_by_t(scratch):
     assert torch.allclose(elbo, expected, rtol=1e-5)
 
 
+class _CountDependentModel(torch.nn.Module):
+    """Logits whose cross-entropy grows with the number of masked tokens in the row: a bound with known value."""
+
+    def __init__(self, mask_id: int, vocab: int):
+        super().__init__()
+        self.mask_id, self.vocab = mask_id, vocab
+
+    def forward(self, input_ids, attention_mask=None):
+        m = (input_ids == self.mask_id).sum(1, keepdim=True).float()  # (B, 1)
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., 0] = m[:, :, None].expand(-1, input_ids.shape[1], 1)[..., 0]  # class 0 gains weight with m
+        return type("Out", (), {"logits": logits})()
+
+
+def test_count_weighting_estimates_the_same_bound_as_elbo_with_less_variance():
+    # n scorable tokens, labels never class 0: CE of a masked token is f(m) = log(e^m + V - 1) when m are masked.
+    # Both estimators have expectation sum_{m=1..n} f(m) / n per token under t ~ U(0, 1) (LEARNING_GUIDE §2).
+    n, vocab, mask_id, draws = 8, 16, 15, 4000
+    model = _CountDependentModel(mask_id, vocab)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(1, mask_id, (draws, n), generator=g)
+    t = torch.rand(draws, generator=g)
+    where = torch.rand(draws, n, generator=g) < t[:, None]
+    xt = torch.where(where, torch.full_like(x0, mask_id), x0)
+    labels = torch.where(where, x0, torch.full_like(x0, -100))
+    scorable = torch.ones(draws, n, dtype=torch.bool)
+    exact = sum(math.log(math.exp(m) + vocab - 1) for m in range(1, n + 1)) / n
+    groups = 80  # batch means of 50 rows each (equal n: a batch's loss is the mean of its rows' estimates)
+    spread = {}
+    for weighting in ("elbo", "count"):
+        loss = MaskedDiffusionLoss(model, weighting)
+        means = torch.stack([loss(xt[rows], None, labels[rows], t[rows], scorable[rows])
+                             for rows in torch.arange(draws).chunk(groups)])
+        spread[weighting] = means.std().item()
+        assert abs(means.mean().item() - exact) < 4 * spread[weighting] / math.sqrt(groups), (weighting, means.mean())
+    assert spread["count"] < 0.9 * spread["elbo"]  # no 1/t blow-up of a chance count at small t
+
+
+def test_freeze_bottom_stops_the_embeddings_and_lowest_layers_from_training(scratch):
+    config = copy.deepcopy(scratch[0].config)
+    config.num_hidden_layers = 2
+    model = type(scratch[0])(config).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = freeze_bottom(model, embeddings=True, layers=1)
+    assert frozen == sum(p.numel() for p in model.parameters() if not p.requires_grad) > 0
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-2)
+    x = torch.randint(5, 100, (2, 16))
+    model(input_ids=x, labels=x).loss.backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert not any(k.startswith("roberta.embeddings.") or ".layer.0." in k for k in changed)
+    assert any(".layer.1." in k for k in changed) and "lm_head.bias" in changed  # the rest still trains
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied: frozen too
+    with pytest.raises(UserError, match="freeze-layers"):
+        freeze_bottom(model, layers=model.config.num_hidden_layers + 1)
+
+
 def test_unigram_head_init_makes_the_first_guess_the_unigram_distribution(scratch):
     model, tokenizer = scratch
     model = type(model)(model.config).eval()
@@ -214,8 +273,9 @@ def test_head_lr_scale_puts_only_the_heads_own_parameters_in_scaled_groups(scrat
     assert len(param_groups(model, 0.01)) == 2  # unscaled: the two groups older checkpoints saved
 
 
-@pytest.mark.parametrize("kw", [dict(head_init="unigram", head_lr_scale=5.0), dict(dropout=0.0)],
-                         ids=["head-options", "no-dropout"])
+@pytest.mark.parametrize("kw", [dict(head_init="unigram", head_lr_scale=5.0), dict(dropout=0.0),
+                                dict(loss_weighting="count", freeze_embeddings=True, freeze_layers=1)],
+                         ids=["head-options", "no-dropout", "count-frozen"])
 def test_training_options_train_and_resume_exactly(finished_run, tmp_path, kw):
     full = tmp_path / "full"
     train(smoke(full, **kw), progress=False)
@@ -259,6 +319,7 @@ def test_lr_warms_up_then_decays_to_zero():
         (dict(head_init="zeros"), "head-init"),
         (dict(head_lr_scale=0.0), "head-lr-scale"),
         (dict(dropout=1.0), "dropout"),
+        (dict(freeze_layers=-1), "freeze-layers"),
     ],
 )
 def test_bad_settings_are_user_errors(overrides, match):
@@ -291,6 +352,9 @@ def test_causal_baseline_trains_resumes_and_scores_exact_nll(finished_run, tmp_p
     train(smoke(stopped, objective="causal", time_budget_s=0.0), progress=False)
     train(smoke(stopped, objective="causal"), resume=True, progress=False)
     assert same(weights(stopped / "final-model"), weights(full / "final-model"))
+    frozen = tmp_path / "ar-frozen"  # freezing is for a pretrained start: the from-scratch baseline ignores it
+    train(smoke(frozen, objective="causal", freeze_embeddings=True, freeze_layers=1), progress=False)
+    assert same(weights(frozen / "final-model"), weights(full / "final-model"))
     model, tokenizer = load_causal(full / "final-model")
     assert model.config.vocab_size == len(tokenizer)  # the masked model's tokenizer, shared
     # exact NLL: a sum of per-token terms, so scoring two halves adds up to scoring the whole

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="output bias of a new LM head: random (zero) or unigram (log frequencies of the training tokens)")
     a("--head-lr-scale", type=float, help="learning-rate multiplier for the LM head's own parameters")
     a("--dropout", type=float, help="dropout probability for the whole model (0 turns it off; default: the model's)")
+    a("--freeze-embeddings", action=argparse.BooleanOptionalAction,
+      help="keep the input embeddings (and an output layer tied to them) fixed: a cheaper step")
+    a("--freeze-layers", type=int, help="keep the lowest N transformer layers fixed: a cheaper step")
     a("--eval-steps", type=int)
     a("--save-steps", type=int)
     a("--save-total-limit", type=int)
@@ -57,7 +60,7 @@ def config_from_args(args: argparse.Namespace):
             "objective", "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
             "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
             "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "seed",
-            "head_init", "head_lr_scale", "dropout",
+            "head_init", "head_lr_scale", "dropout", "freeze_embeddings", "freeze_layers",
         )
     }
     if args.mask_probs is not None:
