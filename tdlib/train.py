@@ -443,7 +443,14 @@ def train(
                 f"cannot resume from {resume_from / STATE_FILE}: not a plain saved state ({type(exc).__name__}); "
                 f"delete {resume_from.name} to resume from an earlier checkpoint"
             ) from None
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # other parameters train now than when the checkpoint was saved
+            raise UserError(
+                f"cannot resume from {resume_from.name}: it was saved with other trainable parameters; resume with "
+                f"the settings it was trained with (--freeze-embeddings, --freeze-layers and --head-lr-scale "
+                f"are in {resume_from / CONFIG_FILE})"
+            ) from None
         start_step = int(state["step"])
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     device = accelerator.device

@@ -286,6 +286,12 @@ def test_training_options_train_and_resume_exactly(finished_run, tmp_path, kw):
     assert not same(weights(full / "final-model"), weights(finished_run[0] / "final-model"))
 
 
+def test_resuming_with_other_frozen_parameters_is_a_user_error(tmp_path):
+    train(smoke(tmp_path, time_budget_s=0.0), progress=False)
+    with pytest.raises(UserError, match="other trainable parameters"):
+        train(smoke(tmp_path, freeze_embeddings=True), resume=True, progress=False)
+
+
 def test_set_dropout_turns_off_every_dropout_and_says_so_in_the_config(scratch):
     model, _ = scratch
     model = copy.deepcopy(model).train()
