@@ -2,7 +2,8 @@
 
 Both models use the `cpu` preset's settings (MiniLM-sized, its tokenizer, packed
 128-token blocks, the preset's batch) and the same loop; the AR baseline is a GPT-2 of the
-same size and tokenizer trained from scratch (``objective="causal"``). Data:
+same size and tokenizer trained from scratch (``objective="causal"``; starting from
+scratch, it trains its embeddings even though the preset freezes the masked model's). Data:
 tokenized WikiText-2 (``../shared/data/wikitext-2-v1``): train on ``train.txt``,
 score the first ``--valid-chars`` characters of ``valid.txt`` in bits per character.
 ``--dataset pydoc`` runs the same race on the `cpu` preset's own corpus instead.

@@ -152,9 +152,9 @@ PRESETS: dict[str, dict] = {
     # offline, about 10 minutes on a 2-core laptop; settings chosen by measurement (README: "The cpu preset")
     "cpu": dict(
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
-        prefix_length=5, masking="stratified", loss_weighting="elbo", max_steps=560,
-        batch_size=4, learning_rate=2e-4, warmup_steps=28, eval_steps=140, save_steps=140,
-        head_init="unigram", head_lr_scale=10.0, dropout=0.0,
+        prefix_length=5, masking="stratified", loss_weighting="elbo", max_steps=640,
+        batch_size=4, learning_rate=2e-4, warmup_steps=32, eval_steps=160, save_steps=160,
+        head_init="unigram", head_lr_scale=10.0, dropout=0.0, freeze_embeddings=True,
         eval_examples=32, log_steps=10, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
     ),
     # seconds: tests, CI and notebook smoke runs
