@@ -377,7 +377,7 @@ def freeze_bottom(model, embeddings: bool = True, layers: int = 0) -> int:
     parts = list(blocks[:layers]) if layers else []
     if embeddings:
         parts.append(model.get_input_embeddings())
-        parts += [m for name, m in base.named_children() if "embed" in name and m is not blocks]
+        parts += [m for name, m in base.named_children() if "embed" in name]  # BERT: word, position, type, norm
     frozen = {id(p): p for part in parts for p in part.parameters()}
     for p in frozen.values():
         p.requires_grad_(False)
