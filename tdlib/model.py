@@ -372,8 +372,8 @@ def freeze_bottom(model, embeddings: bool = True, layers: int = 0) -> int:
     base = model.base_model
     blocks = next((m for m in base.modules() if isinstance(m, torch.nn.ModuleList)
                    and len(m) == getattr(model.config, "num_hidden_layers", -1)), None)
-    check(0 <= layers <= (len(blocks) if blocks is not None else 0),
-          f"--freeze-layers must be in 0 .. {len(blocks) if blocks is not None else 0} for this model, got {layers}")
+    depth = len(blocks) if blocks is not None else 0
+    check(0 <= layers <= depth, f"--freeze-layers must be in 0 .. {depth} for this model, got {layers}")
     parts = list(blocks[:layers]) if layers else []
     if embeddings:
         parts.append(model.get_input_embeddings())
