@@ -121,8 +121,8 @@ def main(argv=None) -> int:
         shutil.rmtree(run, ignore_errors=True)
         cfg = dataclasses.replace(cfg, output_dir=str(run), max_steps=total,
                                   warmup_steps=min(cfg.warmup_steps, max(total // 10, 1)), eval_steps=10**9,
-                                  save_steps=10**9, eval_examples=8, save_total_limit=None,
-                                  save_at=tuple(budget_steps.values()))
+                                  save_steps=10**9, eval_examples=8, save_total_limit=None, time_budget_s=None,
+                                  save_at=tuple(budget_steps.values()))  # fixed steps: no budget may shorten them
         print(f"{name}: {budget_steps} steps", flush=True)
         train(cfg, progress=False)
         results[name] = {}
