@@ -65,8 +65,8 @@ from tdlib.train import MaskedDiffusionLoss, lr_at, preset
 class TdlibRunner:
     """tdlib's training step, exactly as in `tdlib.train.train`'s loop (one process, no accumulation).
 
-    Every parameter trains, as in the `Trainer` it is compared with: the `cpu` preset's frozen
-    word embeddings would make tdlib's step cheaper by doing less, which is not the comparison here.
+    Every parameter trains, as in the `Trainer` it is compared with: `--freeze-embeddings` would
+    make tdlib's step cheaper by doing less, which is not the comparison here.
     """
 
     def __init__(self, name, model, tokenizer, examples, config, total_steps, fused: bool = False):

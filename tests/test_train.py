@@ -30,7 +30,6 @@ from tdlib.train import (
     lr_at,
     param_groups,
     preset,
-    steps_within_budget,
     train,
 )
 
@@ -116,45 +115,6 @@ def test_a_budget_that_runs_out_at_the_last_step_is_a_normal_end(tmp_path):
     events = [json.loads(line).get("event") for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert not result.stopped_early and "stopped" not in events and events[-1] == "end"
     assert (out / "final-model").is_dir() and not (out / "checkpoint-1").exists()
-
-
-def test_steps_within_budget_ends_the_schedule_where_the_time_runs_out():
-    assert steps_within_budget(640, 100, 100, 200.0, None) == 640  # no budget
-    assert steps_within_budget(640, 100, 100, 200.0, math.inf) == 640
-    assert steps_within_budget(640, 9, 9, 900.0, 900.0) == 640  # too few steps timed to judge the pace
-    assert steps_within_budget(640, 100, 100, 100.0, 900.0) == 640  # ample: 1 s/step needs 540 s more
-    assert steps_within_budget(640, 100, 100, 200.0, 900.0) == 450  # 2 s/step: 350 more steps fit 700 s
-    assert steps_within_budget(640, 300, 200, 600.0, 900.0) == 400  # resumed at 100: 3 s/step since then
-    assert steps_within_budget(640, 100, 100, 950.0, 900.0) == 100  # spent: this step is the last
-
-
-class _SlowClock:
-    """Stands in for the ``time`` module in tdlib.train: each reading is one second after the last."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def test_a_tight_budget_shortens_the_schedule_so_the_learning_rate_still_reaches_zero(tmp_path, monkeypatch):
-    import tdlib.train
-
-    monkeypatch.setattr(tdlib.train, "time", _SlowClock())  # about 1.5 "seconds" per step: 40 steps need 60
-    config = smoke(tmp_path / "tight", max_steps=40, eval_steps=100, save_steps=100, time_budget_s=30.0)
-    result = train(config, progress=False)
-    records = [json.loads(line) for line in (tmp_path / "tight" / "metrics.jsonl").read_text().splitlines()]
-    events = [r.get("event") for r in records]
-    fitted = [r for r in records if r.get("event") == "schedule"]
-    assert len(fitted) == 1 and fitted[0]["max_steps"] < 40 and fitted[0]["reason"] == "time budget"
-    assert events[-1] == "end" and "stopped" not in events and not result.stopped_early
-    last = [r for r in records if "loss" in r][-1]
-    end = last["max_steps"]  # the schedule's end as last fitted: where the run stopped
-    assert result.final_step == last["step"] == end < 40 and result.planned_steps == 40
-    assert last["lr"] == pytest.approx(lr_at(end - 1, config, end))  # the last step of a schedule that ends here
-    assert last["lr"] < 0.2 * lr_at(end - 1, config, 40)  # against the rate the 40-step schedule would still have
 
 
 def _train_cmd(out: Path, steps: int) -> list[str]:

@@ -49,9 +49,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"== training the '{args.preset}' preset into {out} (offline, CPU)")
         resume = out.exists() and any(out.glob("checkpoint-*"))
         result = train(config, resume=resume, progress=not args.quiet)
-        if result.planned_steps:
-            print(f"== {result.final_step} of {result.planned_steps} steps fitted the {config.time_budget_s / 60:g}-minute "
-                  "budget on this machine; the learning rate still decayed to zero")
         if result.last_eval:
             print(f"== NELBO on held-out text: {result.last_eval['nelbo_bits_per_char']:.3f} bits/char")
     max_length = args.max_length or min(config.max_length, 48)

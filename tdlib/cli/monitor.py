@@ -33,8 +33,8 @@ def summarize(records: list[dict]) -> str:
     """A few lines describing the state of a run from its metrics records."""
     from tdlib.plots import eval_records, train_records
 
-    # the latest length of the schedule: from the start or a resume, or as a time budget shortened it
-    max_steps = next((r["max_steps"] for r in reversed(records) if "max_steps" in r), None)
+    starts = [r for r in records if r.get("event") in ("start", "resume")]
+    max_steps = starts[-1].get("max_steps") if starts else None
     trains, evals = train_records(records), eval_records(records)
     ended = any(r.get("event") == "end" for r in records)
     step = max((r["step"] for r in records), default=0)

@@ -43,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--eval-steps", type=int)
     a("--save-steps", type=int)
     a("--save-total-limit", type=int)
-    a("--time-budget", type=float, dest="time_budget_s",
-      help="end training within this many seconds: a slower machine gets a shorter schedule whose learning rate "
-           "still decays to zero (inf: no limit)")
+    a("--time-budget", type=float, dest="time_budget_s", help="stop and save after this many seconds (inf: no limit)")
     a("--output-dir", help="run directory (default: runs/PRESET)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     a("--seed", type=seed_value)
@@ -90,8 +88,5 @@ def run(args: argparse.Namespace) -> int:
         score = f"; NELBO {last['nelbo_bits_per_char']:.3f} bits/char on held-out text"
     else:
         score = ""
-    steps = f"{result.final_step} step{'s' if result.final_step != 1 else ''}"
-    if result.planned_steps:
-        steps += f" of {result.planned_steps} (the time budget shortened the schedule)"
-    print(f"trained {steps}{score}; model in {result.final_model}")
+    print(f"trained {result.final_step} step{'s' if result.final_step != 1 else ''}{score}; model in {result.final_model}")
     return 0
