@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(cfg, output_dir=str(run), max_steps=total,
                                   warmup_steps=min(cfg.warmup_steps, max(total // 10, 1)), eval_steps=10**9,
                                   save_steps=10**9, eval_examples=8, save_total_limit=None, time_budget_s=None,
-                                  save_at=tuple(budget_steps.values()))  # fixed steps: no budget may shorten them
+                                  save_at=tuple(budget_steps.values()))  # fixed steps: no time budget may stop them early
         print(f"{name}: {budget_steps} steps", flush=True)
         train(cfg, progress=False)
         results[name] = {}
