@@ -496,7 +496,8 @@ def train(
     step = start_step
     window_tokens, window_start, train_start = 0, time.perf_counter(), time.perf_counter()
     running_loss = None
-    interrupted = {"flag": False}
+    interrupted = {"flag": False}  # set by the SIGTERM handler, on the main process only
+    sigterm = False  # the main process's flag as every process read it at the last check
 
     def on_sigterm(signum, frame):
         interrupted["flag"] = True
@@ -567,8 +568,8 @@ def train(
             if (step % config.save_steps == 0 or step in config.save_at) and step < total_steps:
                 save(step)
             over = config.time_budget_s is not None and time.perf_counter() - train_start > config.time_budget_s
-            over, interrupted["flag"] = main_process_says(over, interrupted["flag"])
-            if (interrupted["flag"] or over) and step < total_steps:  # after the last step: a normal end
+            over, sigterm = main_process_says(over, interrupted["flag"])  # the handler's flag is never overwritten
+            if (sigterm or over) and step < total_steps:  # after the last step: a normal end
                 stopped_early = True
                 break
     except torch.cuda.OutOfMemoryError:
@@ -588,8 +589,8 @@ def train(
 
     if stopped_early:
         save(step)
-        emit({"step": step, "event": "stopped", "reason": "SIGTERM" if interrupted["flag"] else "time budget"})
-        if interrupted["flag"]:
+        emit({"step": step, "event": "stopped", "reason": "SIGTERM" if sigterm else "time budget"})
+        if sigterm:
             return TrainResult(out, step, None, last_eval, stopped_early=True)
         if is_main and (last_eval is None or last_eval["step"] != step):  # a budget stop is a normal end
             last_eval = evaluate_model(unwrapped, tokenizer, eval_examples, config, step)
