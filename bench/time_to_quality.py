@@ -2,8 +2,7 @@
 
 Both models use the `cpu` preset's settings (MiniLM-sized, its tokenizer, packed
 128-token blocks, the preset's batch) and the same loop; the AR baseline is a GPT-2 of the
-same size and tokenizer trained from scratch (``objective="causal"``; starting from
-scratch, it trains its embeddings even though the preset freezes the masked model's). Data:
+same size and tokenizer trained from scratch (``objective="causal"``). Data:
 tokenized WikiText-2 (``../shared/data/wikitext-2-v1``): train on ``train.txt``,
 score the first ``--valid-chars`` characters of ``valid.txt`` in bits per character.
 ``--dataset pydoc`` runs the same race on the `cpu` preset's own corpus instead.
@@ -50,20 +49,20 @@ def calibrate(config, out: Path, steps: int = 5) -> float:
     return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
 
 
-def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int, max_length: int = 128):
-    """Packed blocks (``max_length`` tokens) of the first ``valid_chars`` characters of the validation split."""
+def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int | None, max_length: int = 128):
+    """Packed blocks (``max_length`` tokens) of the first ``valid_chars`` characters of the validation split (all if None)."""
     from tdlib.data import load_corpus, make_examples
 
     lines, total = [], 0
     for line in load_corpus(dataset, data_dir)["valid"]:
         lines.append(line)
         total += len(line) + 1
-        if total >= valid_chars:
+        if valid_chars is not None and total >= valid_chars:
             break
     return make_examples(lines, tokenizer, max_length, "packed")
 
 
-def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_chars: int) -> dict:
+def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_chars: int | None) -> dict:
     """Bits per character of the held-out text: exact NLL (causal) or the NELBO bound."""
     from tdlib.causal import causal_nll, load_causal
     from tdlib.evaluate import nelbo
