@@ -66,7 +66,7 @@ OBJECTIVES = ("diffusion", "causal")
 STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = TRAINING_CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
-HEAD_INITS = ("random", "unigram")
+HEAD_INITS = ("random", "unigram", "identity")
 
 
 @dataclass
@@ -102,7 +102,9 @@ class TrainConfig:
     scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
     causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
-    head_init: str = "random"  # "random", or "unigram": output bias = log unigram frequencies of the train tokens
+    # a new LM head's start: "random" (as built), "unigram" (output bias = log unigram frequencies of the train
+    # tokens) or "identity" (the unigram bias, and the head's transform starts as the identity map)
+    head_init: str = "random"
     head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
     dropout: float | None = None  # None keeps the model's own dropout; 0.0 turns it off for short runs
     # a cheaper step for a pretrained start (the masked model only: the causal baseline starts from scratch)
@@ -256,6 +258,30 @@ def init_output_bias(model, examples: Examples, tokenizer, smoothing: float = 0.
     counts = torch.bincount(ids, minlength=bias.numel())[: bias.numel()].double() + smoothing
     log_p = counts.log() - counts.sum().log()
     bias.copy_((log_p - log_p.mean()).to(bias.dtype))  # softmax ignores a shift; centred to stay small
+    return True
+
+
+@torch.no_grad()
+def init_head_transform(model) -> bool:
+    """Start the LM head's transform (the square ``dense`` layer before the output layer) as the identity map.
+
+    A BERT or RoBERTa head computes ``LayerNorm(gelu(dense(h))) @ E.T + b`` from the
+    body's last hidden state ``h``, with ``E`` the word embeddings it is tied to. A new
+    head's ``dense`` is random, so its first guesses ignore what the pretrained body
+    already knows; started as the identity, the head reads the body's features
+    through the pretrained embeddings from the first step. Returns False when the
+    head has no such layer.
+    """
+    parts = split_mlm(model)
+    if parts is None:
+        return False
+    dense = next((m for m in parts[1].modules()
+                  if isinstance(m, torch.nn.Linear) and m.in_features == m.out_features), None)
+    if dense is None:
+        return False
+    dense.weight.copy_(torch.eye(dense.in_features, dtype=dense.weight.dtype))
+    if dense.bias is not None:
+        dense.bias.zero_()
     return True
 
 
@@ -421,9 +447,12 @@ def train(
         tokenizer, config.mask_probs, mode=config.masking, prefix_length=config.prefix_length, seed=config.seed
     )
 
-    head_init = "random"
-    if resume_from is None and config.head_init == "unigram" and init_output_bias(model, train_examples, tokenizer):
-        head_init = "unigram"  # recorded below: a head without an output bias (GPT-2's) keeps its random start
+    head_init = "random"  # recorded below: what was really done (GPT-2's head has no bias and no transform)
+    if resume_from is None and config.head_init in ("unigram", "identity"):
+        if init_output_bias(model, train_examples, tokenizer):
+            head_init = "unigram"
+        if config.head_init == "identity" and init_head_transform(model):
+            head_init = "identity" if head_init == "unigram" else "identity transform"
     if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
         set_dropout(model, config.dropout)
     if not causal and (config.freeze_embeddings or config.freeze_layers):  # the causal baseline starts from scratch

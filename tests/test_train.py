@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from tdlib.causal import build_causal_model
 from tdlib.data import make_examples
 from tdlib.errors import UserError
 from tdlib.masking import MaskingCollator
@@ -25,6 +27,7 @@ from tdlib.train import (
     MaskedDiffusionLoss,
     TrainConfig,
     head_parameters,
+    init_head_transform,
     init_output_bias,
     load_or_train,
     lr_at,
@@ -262,6 +265,19 @@ def test_unigram_head_init_makes_the_first_guess_the_unigram_distribution(scratc
     assert int(bias.argmax()) == most and bias[tokenizer.mask_token_id] < bias[most] - 1
 
 
+def test_identity_head_init_makes_the_head_read_the_body_through_the_embeddings(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config).eval()
+    assert init_head_transform(model)
+    head = model.lm_head
+    assert torch.equal(head.dense.weight, torch.eye(head.dense.in_features)) and not head.dense.bias.any()
+    h = torch.randn(3, model.config.hidden_size)
+    expected = head.layer_norm(F.gelu(h)) @ model.get_input_embeddings().weight.T + head.bias
+    assert torch.allclose(head(h), expected, atol=1e-5)
+    gpt2 = build_causal_model(tokenizer, model.config, max_length=32, seed=0)
+    assert not init_head_transform(gpt2)  # its head is one output layer: nothing to start as the identity
+
+
 def test_head_lr_scale_puts_only_the_heads_own_parameters_in_scaled_groups(scratch):
     model, _ = scratch
     head = {id(p) for p in head_parameters(model)}
@@ -273,7 +289,7 @@ def test_head_lr_scale_puts_only_the_heads_own_parameters_in_scaled_groups(scrat
     assert len(param_groups(model, 0.01)) == 2  # unscaled: the two groups older checkpoints saved
 
 
-@pytest.mark.parametrize("kw", [dict(head_init="unigram", head_lr_scale=5.0), dict(dropout=0.0),
+@pytest.mark.parametrize("kw", [dict(head_init="identity", head_lr_scale=5.0), dict(dropout=0.0),
                                 dict(loss_weighting="count", freeze_embeddings=True, freeze_layers=1)],
                          ids=["head-options", "no-dropout", "count-frozen"])
 def test_training_options_train_and_resume_exactly(finished_run, tmp_path, kw):

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="one ratio per batch, per example, t~U(eps,1) per example, or the same spread evenly over the batch")
     a("--loss-weighting", choices=WEIGHTINGS)
     a("--head-init", choices=HEAD_INITS,
-      help="output bias of a new LM head: random (zero) or unigram (log frequencies of the training tokens)")
+      help="start of a new LM head: random (as built), unigram (output bias = log frequencies of the training "
+           "tokens) or identity (the unigram bias, and the head's transform starts as the identity map)")
     a("--head-lr-scale", type=float, help="learning-rate multiplier for the LM head's own parameters")
     a("--dropout", type=float, help="dropout probability for the whole model (0 turns it off; default: the model's)")
     a("--freeze-embeddings", action=argparse.BooleanOptionalAction,
