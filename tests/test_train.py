@@ -270,10 +270,15 @@ def test_identity_head_init_makes_the_head_read_the_body_through_the_embeddings(
     model = type(model)(model.config).eval()
     assert init_head_transform(model)
     head = model.lm_head
-    assert torch.equal(head.dense.weight, torch.eye(head.dense.in_features)) and not head.dense.bias.any()
-    h = torch.randn(3, model.config.hidden_size)
-    expected = head.layer_norm(F.gelu(h)) @ model.get_input_embeddings().weight.T + head.bias
-    assert torch.allclose(head(h), expected, atol=1e-5)
+    assert torch.equal(head.dense.weight, torch.eye(head.dense.in_features))
+    h = 0.4 * torch.randn(3, model.config.hidden_size)  # MiniLM's last hidden states have about this spread
+    embeddings = model.get_input_embeddings().weight
+    exact = head.layer_norm(F.gelu(h + 3.0)) @ embeddings.T + head.bias
+    assert torch.allclose(head(h), exact, atol=1e-5)
+    passthrough = head.layer_norm(h) @ embeddings.T + head.bias  # what the shift buys: nearly LayerNorm(h)
+    assert torch.allclose(head(h), passthrough, atol=0.1 * passthrough.abs().max().item())
+    assert not torch.allclose(head.layer_norm(F.gelu(h)) @ embeddings.T + head.bias, passthrough,
+                              atol=0.1 * passthrough.abs().max().item())  # without it, GELU bends h
     gpt2 = build_causal_model(tokenizer, model.config, max_length=32, seed=0)
     assert not init_head_transform(gpt2)  # its head is one output layer: nothing to start as the identity
 
