@@ -103,7 +103,7 @@ class TrainConfig:
     causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
     # a new LM head's start: "random" (as built), "unigram" (output bias = log unigram frequencies of the train
-    # tokens) or "identity" (the unigram bias, and the head's transform starts as the identity map)
+    # tokens) or "identity" (the unigram bias, and the head's transform starts as a shifted identity map)
     head_init: str = "random"
     head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
     dropout: float | None = None  # None keeps the model's own dropout; 0.0 turns it off for short runs
@@ -269,11 +269,12 @@ def init_head_transform(model, shift: float = 3.0) -> bool:
     body's last hidden state ``h``, with ``E`` the word embeddings it is tied to. A new
     head's ``dense`` is random, so its first guesses ignore what the pretrained body
     already knows. With ``dense(h) = h + shift`` the GELU works where it is nearly the
-    identity (MiniLM's last hidden states at masked positions lie almost all within +-1,
-    and gelu(x) = x Phi(x) with Phi(2) = 0.977, Phi(4) = 0.99997), and the LayerNorm removes the constant
-    shift again, so the head starts as about ``LayerNorm(h) @ E.T + b``: it reads the
-    body's features through the pretrained embeddings from the first step. Returns
-    False when the head has no such layer (GPT-2's is one output layer).
+    identity (MiniLM's last hidden states at masked positions lie almost all within
+    +-1, and gelu(x) = x Phi(x) with Phi(2) = 0.977, Phi(4) = 0.99997), and the
+    LayerNorm removes the constant shift again, so the head starts as about
+    ``LayerNorm(h) @ E.T + b``: it reads the body's features through the pretrained
+    embeddings from the first step. Returns False when the head has no such layer
+    (GPT-2's is one output layer).
     """
     parts = split_mlm(model)
     if parts is None:

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--loss-weighting", choices=WEIGHTINGS)
     a("--head-init", choices=HEAD_INITS,
       help="start of a new LM head: random (as built), unigram (output bias = log frequencies of the training "
-           "tokens) or identity (the unigram bias, and the head's transform starts as the identity map)")
+           "tokens) or identity (the unigram bias, and the head's transform starts as a shifted identity map)")
     a("--head-lr-scale", type=float, help="learning-rate multiplier for the LM head's own parameters")
     a("--dropout", type=float, help="dropout probability for the whole model (0 turns it off; default: the model's)")
     a("--freeze-embeddings", action=argparse.BooleanOptionalAction,
