@@ -8,13 +8,17 @@ score the first ``--valid-chars`` characters of ``valid.txt`` in bits per charac
 ``--dataset pydoc`` runs the same race on the `cpu` preset's own corpus instead.
 
 Minutes are turned into step counts by a calibration measured in the same run
-(a few steps of each model, interleaved), so that a busy machine slows both
-models alike; each model then trains once for the largest budget, checkpointing
-at the smaller ones (its learning-rate schedule is set for the largest budget).
+(eleven timed steps of each model, interleaved, twice), so that a busy machine
+slows both models alike; each model then trains once for the largest budget,
+checkpointing at the smaller ones (its learning-rate schedule is set for the
+largest budget). The table also gives the training seconds each model really
+spent, read from its metrics log, so a calibration that ran fast for one model
+shows.
 
     python bench/time_to_quality.py                 # 2, 5 and 10 minutes (about 30 min in all)
     python bench/time_to_quality.py --minutes 0.5,1 # a quick look
     python bench/time_to_quality.py --dataset pydoc --minutes 10  # the cpu preset's corpus
+    python bench/time_to_quality.py --models diffusion --minutes 20,30  # beyond ten minutes
 
 Prints its figures last as ``name: value`` lines.
 """
@@ -36,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 
-def calibrate(config, out: Path, steps: int = 5) -> float:
+def calibrate(config, out: Path, steps: int = 12) -> float:
     """Seconds per optimizer step of ``config``, from steps 2..steps of a short run."""
     from tdlib.train import train
 
@@ -47,6 +51,13 @@ def calibrate(config, out: Path, steps: int = 5) -> float:
                if '"loss"' in line]
     shutil.rmtree(out, ignore_errors=True)
     return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
+
+
+def train_seconds(run: Path, step: int) -> float:
+    """Training seconds up to ``step`` of a finished run, read from its metrics log (scaled from the nearest record)."""
+    records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "elapsed_s" in r]
+    nearest = min(records, key=lambda r: abs(r["step"] - step))
+    return nearest["elapsed_s"] * step / max(nearest["step"], 1)
 
 
 def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int | None, max_length: int = 128):
@@ -92,6 +103,7 @@ def main(argv=None) -> int:
                    help="wikitext-2-v1 (train.txt / valid.txt under --data-dir) or pydoc (the cpu preset's own corpus)")
     p.add_argument("--valid-chars", type=int, default=300_000)
     p.add_argument("--ar-learning-rate", type=float, default=6e-4)
+    p.add_argument("--models", default="diffusion,ar", help="which of diffusion,ar to train (both by default)")
     p.add_argument("--keep", type=Path, help="keep the runs in this folder")
     args = p.parse_args(argv)
     if args.dataset.startswith("wikitext") and not (args.data_dir / args.dataset / "train.txt").is_file():
@@ -105,6 +117,10 @@ def main(argv=None) -> int:
         "diffusion": preset("cpu", **data),
         "ar": preset("cpu", objective="causal", learning_rate=args.ar_learning_rate, **data),
     }
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not wanted or set(wanted) - set(configs):
+        p.error(f"--models takes diffusion, ar or both, got {args.models!r}")
+    configs = {k: v for k, v in configs.items() if k in wanted}
     # calibrate interleaved: diffusion, ar, diffusion, ar
     timings: dict[str, list[float]] = {k: [] for k in configs}
     for _ in range(2):
@@ -128,22 +144,25 @@ def main(argv=None) -> int:
         for m, steps in budget_steps.items():
             ckpt = run / "final-model" if steps == total else run / f"checkpoint-{steps}"
             scored = score(ckpt, name == "ar", args.dataset, args.data_dir, args.valid_chars)
-            results[name][m] = {"steps": steps, **scored}
-            print(f"{name} {m:g} min ({steps} steps): {results[name][m]['bits_per_char']:.3f} bits/char",
-                  flush=True)
-    print("\n| minutes | diffusion NELBO bits/char (steps) | AR NLL bits/char (steps) |")
-    print("|---|---|---|")
+            results[name][m] = {"steps": steps, "seconds": train_seconds(run, steps), **scored}
+            print(f"{name} {m:g} min ({steps} steps in {results[name][m]['seconds']:.0f} s): "
+                  f"{results[name][m]['bits_per_char']:.3f} bits/char", flush=True)
+    heads = {"diffusion": "diffusion NELBO bits/char", "ar": "AR NLL bits/char"}
+    print("\n| minutes | " + " | ".join(f"{heads[k]} (steps, training s)" for k in results) + " |")
+    print("|---" * (len(results) + 1) + "|")
     for m in minutes:
-        d, a = results["diffusion"][m], results["ar"][m]
-        print(f"| {m:g} | {d['bits_per_char']:.3f} ± {d['stderr']:.3f} ({d['steps']}) | "
-              f"{a['bits_per_char']:.3f} ({a['steps']}) |")
+        cells = [f"{r[m]['bits_per_char']:.3f}" + (f" ± {r[m]['stderr']:.3f}" if r[m]["stderr"] else "")
+                 + f" ({r[m]['steps']}, {r[m]['seconds']:.0f} s)" for r in results.values()]
+        print(f"| {m:g} | " + " | ".join(cells) + " |")
     print()
+    label = {"diffusion": "diffusion_nelbo_bpc", "ar": "ar_nll_bpc"}
     for m in minutes:
-        print(f"diffusion_nelbo_bpc_{m:g}min: {results['diffusion'][m]['bits_per_char']:.4f}")
-        print(f"ar_nll_bpc_{m:g}min: {results['ar'][m]['bits_per_char']:.4f}")
-    last = minutes[-1]
-    ratio = results["diffusion"][last]["bits_per_char"] / results["ar"][last]["bits_per_char"]
-    print(f"diffusion_over_ar_{last:g}min: {ratio:.4f}")
+        for k, r in results.items():
+            print(f"{label[k]}_{m:g}min: {r[m]['bits_per_char']:.4f}")
+    if len(results) == 2:
+        last = minutes[-1]
+        ratio = results["diffusion"][last]["bits_per_char"] / results["ar"][last]["bits_per_char"]
+        print(f"diffusion_over_ar_{last:g}min: {ratio:.4f}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(math.isfinite(r[m]["bits_per_char"]) for r in results.values() for m in minutes) else 1
