@@ -106,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="diffusion,ar", help="which of diffusion,ar to train (both by default)")
     p.add_argument("--keep", type=Path, help="keep the runs in this folder")
     args = p.parse_args(argv)
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not wanted or set(wanted) - {"diffusion", "ar"}:
+        p.error(f"--models takes diffusion, ar or both, got {args.models!r}")
     if args.dataset.startswith("wikitext") and not (args.data_dir / args.dataset / "train.txt").is_file():
         print(f"skipped: {args.data_dir}/{args.dataset}/train.txt is absent (the shared WikiText-2 files)")
         return 0
@@ -117,9 +120,6 @@ def main(argv=None) -> int:
         "diffusion": preset("cpu", **data),
         "ar": preset("cpu", objective="causal", learning_rate=args.ar_learning_rate, **data),
     }
-    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not wanted or set(wanted) - set(configs):
-        p.error(f"--models takes diffusion, ar or both, got {args.models!r}")
     configs = {k: v for k, v in configs.items() if k in wanted}
     # calibrate interleaved: diffusion, ar, diffusion, ar
     timings: dict[str, list[float]] = {k: [] for k in configs}
