@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import shutil
 import sys
@@ -42,20 +41,22 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 def calibrate(config, out: Path, steps: int = 12) -> float:
     """Seconds per optimizer step of ``config``, from steps 2..steps of a short run."""
+    from tdlib.plots import read_metrics
     from tdlib.train import train
 
     cfg = dataclasses.replace(config, output_dir=str(out), max_steps=steps, eval_steps=10**9, save_steps=10**9,
                               log_steps=1, eval_examples=1, warmup_steps=1, save_at=())
     train(cfg, progress=False)
-    elapsed = [json.loads(line)["elapsed_s"] for line in (out / "metrics.jsonl").read_text().splitlines()
-               if '"loss"' in line]
+    elapsed = [r["elapsed_s"] for r in read_metrics(out) if "loss" in r]
     shutil.rmtree(out, ignore_errors=True)
     return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
 
 
 def train_seconds(run: Path, step: int) -> float:
     """Training seconds up to ``step`` of a finished run, read from its metrics log (scaled from the nearest record)."""
-    records = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "elapsed_s" in r]
+    from tdlib.plots import read_metrics
+
+    records = [r for r in read_metrics(run) if "elapsed_s" in r]
     nearest = min(records, key=lambda r: abs(r["step"] - step))
     return nearest["elapsed_s"] * step / max(nearest["step"], 1)
 
