@@ -280,15 +280,21 @@ def test_the_positions_fast_path_gives_the_same_trajectory(strategy, sampling):
 
 
 @pytest.mark.parametrize("k", [1, 2, 50])
-def test_chunked_topk_matches_torch_topk(k):
+@pytest.mark.parametrize("vocab", [30522, 5942])
+def test_chunked_topk_matches_torch_topk(k, vocab):
     from tdlib.sample import _topk
 
-    x = torch.randn(7, 30522, generator=torch.Generator().manual_seed(k))
+    x = torch.randn(40, vocab, generator=torch.Generator().manual_seed(k))
     x[:, :100] = float("-inf")
-    x[3, 30520] = 100.0  # the largest value in the columns past the last whole chunk
+    x[3, vocab - 2] = 100.0  # the largest value in the columns past the last whole chunk
+    x[5, 32:64] = 50.0 + torch.arange(32.0)  # one chunk holds the whole top k: a threshold from k chunk maxima lets k * 32 through
+    x[7, 100:] = float("-inf")  # fewer than k finite values: the -inf fill must come back as plain topk's
     values, ids = _topk(x, k)
     expected = x.topk(k, dim=-1)
-    assert torch.equal(values, expected.values) and torch.equal(ids, expected.indices)
+    assert torch.equal(values, expected.values)
+    finite = expected.values.isfinite()  # ids of tied values (here the -inf ones) may differ
+    assert torch.equal(ids[finite], expected.indices[finite])
+    assert torch.equal(x.gather(1, ids), values)
 
 
 def test_as_denoiser_positions_returns_the_masked_only_rows(scratch):
