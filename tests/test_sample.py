@@ -287,8 +287,8 @@ def test_chunked_topk_matches_torch_topk(k, vocab):
     x = torch.randn(40, vocab, generator=torch.Generator().manual_seed(k))
     x[:, :100] = float("-inf")
     x[3, vocab - 2] = 100.0  # the largest value in the columns past the last whole chunk
-    x[5, 32:64] = 50.0 + torch.arange(32.0)  # one chunk holds the whole top k: a threshold from k chunk maxima lets k * 32 through
-    x[7, 100:] = float("-inf")  # fewer than k finite values: the -inf fill must come back as plain topk's
+    x[5, 32:64] = 50.0 + torch.arange(32.0)  # one chunk holds the row's 32 largest values
+    x[7, 130:] = float("-inf")  # 30 finite values: with k = 50 the rest of the top k is -inf, as in plain topk
     values, ids = _topk(x, k)
     expected = x.topk(k, dim=-1)
     assert torch.equal(values, expected.values)
