@@ -129,16 +129,20 @@ def _train_cmd(out: Path, steps: int) -> list[str]:
 def test_sigkill_after_first_checkpoint_then_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_train_cmd(full, 9), check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(_train_cmd(killed, 9), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # enough steps after the first checkpoint that even a fast machine is still training when the
+    # kill lands (a smoke step is ~15 ms there), and a poll much shorter than one step
+    steps = 30
+    subprocess.run(_train_cmd(full, steps), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(killed, steps), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (killed / "latest").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (killed / "latest").exists(), "the run never wrote its first checkpoint"
     assert not (killed / "final-model").exists()
-    subprocess.run(_train_cmd(killed, 9) + ["--resume"], check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(killed, steps) + ["--resume"], check=True, env=env, capture_output=True)
     assert same(weights(killed / "final-model"), weights(full / "final-model"))
 
 
