@@ -393,7 +393,7 @@ def max_sequence_length(model) -> int | None:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on CPU (where bf16 autocast is many times slower)."""
+    """bf16 autocast on CUDA; nothing on CPU (many times slower there without bf16 instructions)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():  # Ampere or newer; older GPUs stay fp32
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
