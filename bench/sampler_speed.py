@@ -1,9 +1,13 @@
 """How much time the sampler adds to the model's own forward passes, and samples per second.
 
 Measured in one run on a small from-scratch RoBERTa (`tdlib.model.load_model("scratch")`,
-4 layers, 256 wide, BPE trained on the embedded pydoc corpus; untrained weights
-cost the same as trained ones), or with ``--model minilm`` on the packaged
-MiniLM-L6 (30k-token vocabulary):
+4 layers, 256 wide, BPE trained on the embedded pydoc corpus, untrained), with
+``--model minilm`` on the packaged MiniLM-L6 (30k-token vocabulary), or with
+``--checkpoint DIR`` on a trained model. Untrained weights cost as much per forward
+pass as trained ones, but not per step of ``confidence``: it draws only at
+positions whose largest probability could still make the cut, and a trained
+model's peaked distributions rule out more of them than an untrained model's
+flat ones:
 
 (a) ``sampler_overhead_pct``: the share of a `tdlib.sample.generate` call spent
     outside the model, 100 * (t_generate - t_forward) / t_generate, where
@@ -92,14 +96,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="scratch", choices=["scratch", "minilm"],
                         help="scratch RoBERTa (default) or the packaged MiniLM-L6 (30k vocabulary)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a trained model's directory (e.g. runs/course-cpu/final-model) instead of --model")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    lines = load_corpus("pydoc")["train"] if args.model == "scratch" else None
-    model, tokenizer = load_model(args.model, corpus_lines=lines, device="cpu")
+    name = args.checkpoint or args.model
+    lines = load_corpus("pydoc")["train"] if name == "scratch" else None
+    model, tokenizer = load_model(name, corpus_lines=lines, device="cpu")
     model.eval()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"model: {args.model}, {params:.1f} M parameters, vocab {len(tokenizer)}; "
+    print(f"model: {name}, {params:.1f} M parameters, vocab {len(tokenizer)}; "
           f"canvas {args.max_length} tokens, {args.steps} steps, {args.threads} thread(s)")
     options = dict(prefix="The class", max_length=args.max_length, steps=args.steps, seed=0)
     generate(model, tokenizer, **options)  # warm-up

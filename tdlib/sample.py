@@ -8,8 +8,13 @@ generated and runs exactly ``num_steps`` denoiser calls. At each step it
    ``masked_only``), ``denoiser(xt, positions=where)  # (M, V)`` for just the
    positions it will draw at, so the LM head runs nowhere else;
 2. draws tokens (greedy, top-k or nucleus, at a temperature; forbidden ids get
-   -inf logits) at every masked position for the score-based strategies, and
-   only where a token will be shown for ``random`` and ``resample``;
+   -inf logits) only where a drawn token can be shown: for ``confidence``
+   wherever the position's largest probability could still make the cut
+   (`_reveal_by_confidence`), for ``margin`` and ``entropy``, whose scores do not
+   depend on the draw, at the revealed positions, for ``random`` and
+   ``resample`` wherever a token will stay. One uniform per masked position is
+   taken from the generator either way, so the output is that of drawing
+   everywhere;
 3. decides which positions to reveal so that the number still masked follows the
    schedule (`tdlib.schedules.masked_counts`, counted per row, so rows with
    different numbers of masks, as in infilling, are fine):
@@ -157,12 +162,21 @@ def _top_per_row(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tens
     return (ranks < count[:, None]) & eligible
 
 
-def _categorical(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row of non-negative ``weights`` (N, K), drawn exactly by inverse CDF in float64."""
+def _categorical(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of non-negative ``weights`` (N, K), drawn exactly by inverse CDF in float64.
+
+    ``u`` (N, 1) holds one uniform in [0, 1) per row (`_uniforms`).
+    """
     cdf = weights.double().cumsum(-1)  # (N, K)
-    u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, generator=generator, device=cdf.device) * cdf[:, -1:]
-    # the first index whose cumulative weight exceeds u; zero-weight entries are never chosen
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
+    # the first index whose cumulative weight exceeds u * total; zero-weight entries are never chosen
+    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
+
+
+def _uniforms(n: int, sampling: str, generator: torch.Generator | None, device) -> torch.Tensor | None:
+    """The uniforms (n, 1) for drawing n rows, float64; greedy draws none."""
+    if sampling == "greedy":
+        return None
+    return torch.rand(n, 1, dtype=torch.float64, generator=generator, device=device)
 
 
 def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,6 +216,27 @@ def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
         k = min(8 * k, logp.shape[-1])
 
 
+def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities (N, V) of ``logits`` (N, V) at temperature T: log_softmax(logits / T)."""
+    return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+
+
+def _draw_from(logp: torch.Tensor, u: torch.Tensor | None, *, sampling: str, top_k: int, top_p: float) -> torch.Tensor:
+    """One token (N,) per row of ``logp`` (N, V), each row's draw a function of that row and its uniform ``u``."""
+    if sampling == "greedy":
+        return logp.argmax(-1)
+    if sampling == "topk":
+        top_logp, top_ids = _topk(logp, min(top_k, logp.shape[-1]))  # (N, k)
+        return top_ids.gather(1, _categorical(top_logp.exp(), u)[:, None])[:, 0]
+    if top_p >= 1.0:
+        return _categorical(logp.exp(), u)
+    probs, ids = _nucleus(logp, top_p)  # (N, K) each, most likely first
+    # nucleus: keep a token while the mass before it is < p, so the token crossing p stays
+    keep = probs.cumsum(-1) - probs < top_p
+    keep[:, 0] = True
+    return ids.gather(1, _categorical(probs * keep, u)[:, None])[:, 0]
+
+
 def _draw(
     logits: torch.Tensor,
     *,
@@ -212,21 +247,63 @@ def _draw(
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row of ``logits`` (N, V); returns (tokens (N,), log-probs (N, V) at T)."""
-    logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)  # (N, V)
-    if sampling == "greedy":
-        tokens = logp.argmax(-1)
-    elif sampling == "topk":
-        top_logp, top_ids = _topk(logp, min(top_k, logp.shape[-1]))  # (N, k)
-        tokens = top_ids.gather(1, _categorical(top_logp.exp(), generator)[:, None])[:, 0]
-    elif top_p >= 1.0:
-        tokens = _categorical(logp.exp(), generator)
-    else:
-        probs, ids = _nucleus(logp, top_p)  # (N, K) each, most likely first
-        # nucleus: keep a token while the mass before it is < p, so the token crossing p stays
-        keep = probs.cumsum(-1) - probs < top_p
-        keep[:, 0] = True
-        tokens = ids.gather(1, _categorical(probs * keep, generator)[:, None])[:, 0]
-    return tokens, logp
+    logp = _log_probs(logits, temperature)
+    u = _uniforms(len(logp), sampling, generator, logp.device)
+    return _draw_from(logp, u, sampling=sampling, top_k=top_k, top_p=top_p), logp
+
+
+def _reveal_by_confidence(
+    logp: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    count: torch.Tensor,
+    shape: tuple[int, int],
+    draw: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``confidence`` step, drawing only where a draw could be revealed.
+
+    ``logp`` (N, V) holds the log-probs at canvas positions (``rows``, ``cols``);
+    canvas row b reveals the ``count[b]`` drawn tokens with the highest
+    probability. A drawn token's probability is at most its position's largest
+    probability, its bound. So positions are drawn in rounds, in order of
+    their bound: first the ``count[b]`` highest, then twice as many, and so
+    on, while any position not yet drawn has a bound that reaches the
+    ``count[b]``-th best probability drawn so far in its row; once none does,
+    no undrawn position could make the cut. ``draw(idx)`` returns the tokens of
+    rows ``idx``, each a function of its own row and uniform, so the result is
+    exactly that of drawing everywhere.
+
+    Returns (revealed (B, L) bool, tokens (N,), probability of each token (N,)),
+    tokens and probabilities meaningful where a draw was made.
+    """
+    n, device = len(logp), logp.device
+    bound = logp.amax(-1).exp()  # (N,) the largest probability at each position
+    tokens = torch.zeros(n, dtype=torch.long, device=device)
+    p_token = torch.full((n,), float("nan"), dtype=logp.dtype, device=device)
+    scores = torch.full(shape, float("-inf"), dtype=logp.dtype, device=device)  # (B, L) drawn probabilities
+    upper = scores.clone()
+    upper[rows, cols] = bound
+    eligible = torch.zeros(shape, dtype=torch.bool, device=device)
+    eligible[rows, cols] = True
+    order = upper.argsort(dim=1, descending=True, stable=True)  # (B, L)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(shape[1], device=device).expand_as(order))
+    rank = rank[rows, cols]  # (N,) place of each position's bound within its canvas row
+    budget = count.clone()  # (B,) positions drawn in each row by the end of this round
+    todo = rank < budget[rows]
+    while True:
+        where = todo.nonzero()[:, 0]
+        tokens[where] = draw(where)
+        p_token[where] = logp[where, tokens[where]].exp()
+        scores[rows[where], cols[where]] = p_token[where]
+        # the count[b]-th best drawn probability of each canvas row (+inf when nothing is to be revealed)
+        ranked = scores.sort(1, descending=True).values  # (B, L)
+        worst = ranked.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0].masked_fill(count <= 0, float("inf"))
+        needed = p_token.isnan() & (bound >= worst[rows])  # (N,) could still make the cut
+        if not bool(needed.any()):
+            return _top_per_row(scores, eligible, count), tokens, p_token
+        budget = 2 * budget
+        todo = needed & (rank < budget[rows])
 
 
 def _scores(strategy: str, logp: torch.Tensor) -> torch.Tensor:
@@ -295,8 +372,8 @@ def sample(
         logits = denoiser(xt, attention_mask)  # (B, L, V)
         return rows, cols, logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
 
-    def draw_at(cols: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (N,) drawn from ``chosen`` (N, V) at columns ``cols`` (N,), and the log-probs (N, V) at T."""
+    def log_probs_at(cols: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Log-probs (N, V) at T of ``chosen`` (N, V) at columns ``cols`` (N,), forbidden ids at -inf."""
         if not banned:  # built once the vocabulary size is known
             banned["all"] = torch.tensor(sorted(set(forbidden_ids)), dtype=torch.long, device=xt.device)
             banned["at"] = torch.zeros(xt.shape[1], chosen.shape[-1], dtype=torch.bool, device=xt.device)
@@ -308,9 +385,21 @@ def sample(
             extra = banned["cols"][cols].nonzero()[:, 0]  # rows of `chosen` at columns with extra bans
             if len(extra):
                 chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
-        return _draw(
-            chosen, sampling=sampling, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-        )
+        return _log_probs(chosen, temperature)
+
+    def drawer(logp: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``draw(idx)``: tokens of rows ``idx`` of ``logp``; uniforms for every row come from the generator now,
+        so drawing only some rows gives them the very tokens that drawing all rows would."""
+        u = _uniforms(len(logp), sampling, generator, logp.device)
+
+        def draw(idx: torch.Tensor) -> torch.Tensor:
+            return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=top_k, top_p=top_p)
+
+        return draw
+
+    def draw_all(logp: torch.Tensor) -> torch.Tensor:
+        u = _uniforms(len(logp), sampling, generator, logp.device)
+        return _draw_from(logp, u, sampling=sampling, top_k=top_k, top_p=top_p)
 
     for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
         active = generated & block  # (B, L) generated positions of the current block
@@ -322,7 +411,8 @@ def sample(
             noise = torch.rand(xt.shape, generator=generator, device=xt.device)
             remask = _top_per_row(noise, active, target)
             rows, cols, logits = logits_at(active & ~remask)
-            tokens, logp = draw_at(cols, logits)
+            logp = log_probs_at(cols, logits)
+            tokens = draw_all(logp)
             xt[rows, cols] = tokens
             probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
             xt[remask] = mask_id
@@ -334,17 +424,25 @@ def sample(
                 noise = torch.rand(xt.shape, generator=generator, device=xt.device)
                 revealed = _top_per_row(noise, masked, count)
                 rows, cols, logits = logits_at(revealed)
-                tokens, logp = draw_at(cols, logits)
+                logp = log_probs_at(cols, logits)
+                tokens = draw_all(logp)
                 p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
             else:
                 rows, cols, logits = logits_at(masked)
-                tokens, logp = draw_at(cols, logits)
-                p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
-                scores = torch.full(xt.shape, float("-inf"), dtype=logp.dtype, device=xt.device)
-                scores[rows, cols] = p_token if strategy == "confidence" else _scores(strategy, logp)
-                revealed = _top_per_row(scores, masked, count)
-                keep = revealed[rows, cols]
-                rows, cols, tokens, p_token = rows[keep], cols[keep], tokens[keep], p_token[keep]
+                logp = log_probs_at(cols, logits)
+                draw = drawer(logp)
+                if strategy == "confidence":  # draws only where a token could be revealed
+                    revealed, tokens, p_token = _reveal_by_confidence(logp, rows, cols, count, xt.shape, draw)
+                    where = revealed[rows, cols].nonzero()[:, 0]
+                    tokens, p_token = tokens[where], p_token[where]
+                else:  # the score does not depend on the draw: draw only where a token is revealed
+                    scores = torch.full(xt.shape, float("-inf"), dtype=logp.dtype, device=xt.device)
+                    scores[rows, cols] = _scores(strategy, logp)
+                    revealed = _top_per_row(scores, masked, count)
+                    where = revealed[rows, cols].nonzero()[:, 0]
+                    tokens = draw(where)
+                    p_token = logp[where, tokens].exp()
+                rows, cols = rows[where], cols[where]
             xt[rows, cols] = tokens
             probs[rows, cols] = p_token.float()
         steps_tokens.append(xt.to("cpu", copy=True))

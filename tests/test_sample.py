@@ -297,6 +297,42 @@ def test_chunked_topk_matches_torch_topk(k, vocab):
     assert torch.equal(x.gather(1, ids), values)
 
 
+@pytest.mark.parametrize("sampling", ["greedy", "topk", "nucleus"])
+def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_result(sampling):
+    """`_reveal_by_confidence` equals drawing at every position and revealing the most probable draws."""
+    from tdlib.sample import _draw_from, _reveal_by_confidence, _top_per_row, _uniforms
+
+    g = torch.Generator().manual_seed(3)
+    shape = (6, 40)
+    eligible = torch.rand(shape, generator=g) < 0.7  # (B, L) masked positions
+    eligible[5] = False
+    eligible[5, :2] = True  # a row with 2 masked positions, both to be revealed
+    rows, cols = eligible.nonzero(as_tuple=True)
+    logits = torch.randn(len(rows), 300, generator=g) * torch.rand(len(rows), 1, generator=g) * 6  # flat to peaked
+    logits[::7] = logits[0]  # repeated rows: tied largest probabilities
+    logp = torch.log_softmax(logits, -1)
+    count = torch.tensor([0, 1, 3, 10, 25, 2]).clamp(max=eligible.sum(1))
+    u = _uniforms(len(logp), sampling, torch.Generator().manual_seed(0), "cpu")
+    drawn_rows = []
+
+    def draw(idx):
+        drawn_rows.append(len(idx))
+        return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=20, top_p=0.9)
+
+    revealed, tokens, p_token = _reveal_by_confidence(logp, rows, cols, count, shape, draw)
+    every = torch.arange(len(logp))
+    all_tokens = _draw_from(logp, u, sampling=sampling, top_k=20, top_p=0.9)
+    scores = torch.full(shape, float("-inf"))
+    scores[rows, cols] = logp[every, all_tokens].exp()
+    expected = _top_per_row(scores, eligible, count)
+    assert torch.equal(revealed, expected)
+    assert torch.equal(revealed.sum(1), count)
+    keep = revealed[rows, cols]
+    assert torch.equal(tokens[keep], all_tokens[keep])
+    assert torch.equal(p_token[keep], scores[rows, cols][keep])
+    assert sum(drawn_rows) < len(logp)  # fewer draws than positions
+
+
 def test_as_denoiser_positions_returns_the_masked_only_rows(scratch):
     from tdlib.model import as_denoiser
 
