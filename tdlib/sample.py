@@ -12,9 +12,9 @@ generated and runs exactly ``num_steps`` denoiser calls. At each step it
    wherever the position's largest probability could still make the cut
    (`_reveal_by_confidence`), for ``margin`` and ``entropy``, whose scores do not
    depend on the draw, at the revealed positions, for ``random`` and
-   ``resample`` wherever a token will stay. One uniform per masked position is
-   taken from the generator either way, so the output is that of drawing
-   everywhere;
+   ``resample`` wherever a token will stay. The score-based strategies still
+   take one uniform per masked position from the generator, so their output is
+   that of drawing everywhere;
 3. decides which positions to reveal so that the number still masked follows the
    schedule (`tdlib.schedules.masked_counts`, counted per row, so rows with
    different numbers of masks, as in infilling, are fine):
