@@ -153,13 +153,17 @@ def _step_targets(
     return targets
 
 
-def _top_per_row(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Bool (B, L): the ``count[b]`` eligible positions of each row with the highest scores."""
-    scores = scores.masked_fill(~eligible, float("-inf"))
+def _row_ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Long (B, L): the place of each score within its row, 0 for the highest, ties in column order."""
     order = scores.argsort(dim=1, descending=True, stable=True)  # (B, L)
     ranks = torch.empty_like(order)
     ranks.scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
-    return (ranks < count[:, None]) & eligible
+    return ranks
+
+
+def _top_per_row(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Bool (B, L): the ``count[b]`` eligible positions of each row with the highest scores."""
+    return (_row_ranks(scores.masked_fill(~eligible, float("-inf"))) < count[:, None]) & eligible
 
 
 def _categorical(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -254,16 +258,16 @@ def _draw(
 
 def _reveal_by_confidence(
     logp: torch.Tensor,
+    masked: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
     count: torch.Tensor,
-    shape: tuple[int, int],
     draw: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``confidence`` step, drawing only where a draw could be revealed.
 
-    ``logp`` (N, V) holds the log-probs at canvas positions (``rows``, ``cols``);
-    canvas row b reveals the ``count[b]`` drawn tokens with the highest
+    ``logp`` (N, V) holds the log-probs at the ``masked`` (B, L) positions of the
+    canvas, (``rows``, ``cols`` = ``masked.nonzero()``); canvas row b reveals the ``count[b]`` drawn tokens with the highest
     probability. A drawn token's probability is at most its position's largest
     probability, its bound. So positions are drawn in rounds, in order of
     their bound: first the ``count[b]`` highest, then twice as many, and so
@@ -280,15 +284,10 @@ def _reveal_by_confidence(
     bound = logp.amax(-1).exp()  # (N,) the largest probability at each position
     tokens = torch.zeros(n, dtype=torch.long, device=device)
     p_token = torch.full((n,), float("nan"), dtype=logp.dtype, device=device)
-    scores = torch.full(shape, float("-inf"), dtype=logp.dtype, device=device)  # (B, L) drawn probabilities
+    scores = torch.full(masked.shape, float("-inf"), dtype=logp.dtype, device=device)  # (B, L) drawn probabilities
     upper = scores.clone()
     upper[rows, cols] = bound
-    eligible = torch.zeros(shape, dtype=torch.bool, device=device)
-    eligible[rows, cols] = True
-    order = upper.argsort(dim=1, descending=True, stable=True)  # (B, L)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(shape[1], device=device).expand_as(order))
-    rank = rank[rows, cols]  # (N,) place of each position's bound within its canvas row
+    rank = _row_ranks(upper)[rows, cols]  # (N,) place of each position's bound within its canvas row
     budget = count.clone()  # (B,) positions drawn in each row by the end of this round
     todo = rank < budget[rows]
     while True:
@@ -301,7 +300,7 @@ def _reveal_by_confidence(
         worst = ranked.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0].masked_fill(count <= 0, float("inf"))
         needed = p_token.isnan() & (bound >= worst[rows])  # (N,) could still make the cut
         if not bool(needed.any()):
-            return _top_per_row(scores, eligible, count), tokens, p_token
+            return _top_per_row(scores, masked, count), tokens, p_token
         budget = 2 * budget
         todo = needed & (rank < budget[rows])
 
@@ -387,19 +386,17 @@ def sample(
                 chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
         return _log_probs(chosen, temperature)
 
-    def drawer(logp: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``draw(idx)``: tokens of rows ``idx`` of ``logp``; uniforms for every row come from the generator now,
-        so drawing only some rows gives them the very tokens that drawing all rows would."""
+    def drawer(logp: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """``draw(idx)``: tokens of rows ``idx`` of ``logp`` (all rows without ``idx``); uniforms for every row
+        come from the generator now, so drawing only some rows gives them the very tokens that drawing all would."""
         u = _uniforms(len(logp), sampling, generator, logp.device)
 
-        def draw(idx: torch.Tensor) -> torch.Tensor:
+        def draw(idx: torch.Tensor | None = None) -> torch.Tensor:
+            if idx is None:  # no copy of the whole (N, V)
+                return _draw_from(logp, u, sampling=sampling, top_k=top_k, top_p=top_p)
             return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=top_k, top_p=top_p)
 
         return draw
-
-    def draw_all(logp: torch.Tensor) -> torch.Tensor:
-        u = _uniforms(len(logp), sampling, generator, logp.device)
-        return _draw_from(logp, u, sampling=sampling, top_k=top_k, top_p=top_p)
 
     for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
         active = generated & block  # (B, L) generated positions of the current block
@@ -412,7 +409,7 @@ def sample(
             remask = _top_per_row(noise, active, target)
             rows, cols, logits = logits_at(active & ~remask)
             logp = log_probs_at(cols, logits)
-            tokens = draw_all(logp)
+            tokens = drawer(logp)()
             xt[rows, cols] = tokens
             probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
             xt[remask] = mask_id
@@ -425,14 +422,14 @@ def sample(
                 revealed = _top_per_row(noise, masked, count)
                 rows, cols, logits = logits_at(revealed)
                 logp = log_probs_at(cols, logits)
-                tokens = draw_all(logp)
+                tokens = drawer(logp)()
                 p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
             else:
                 rows, cols, logits = logits_at(masked)
                 logp = log_probs_at(cols, logits)
                 draw = drawer(logp)
                 if strategy == "confidence":  # draws only where a token could be revealed
-                    revealed, tokens, p_token = _reveal_by_confidence(logp, rows, cols, count, xt.shape, draw)
+                    revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, count, draw)
                     where = revealed[rows, cols].nonzero()[:, 0]
                     tokens, p_token = tokens[where], p_token[where]
                 else:  # the score does not depend on the draw: draw only where a token is revealed

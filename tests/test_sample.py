@@ -319,7 +319,7 @@ def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_resul
         drawn_rows.append(len(idx))
         return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=20, top_p=0.9)
 
-    revealed, tokens, p_token = _reveal_by_confidence(logp, rows, cols, count, shape, draw)
+    revealed, tokens, p_token = _reveal_by_confidence(logp, eligible, rows, cols, count, draw)
     every = torch.arange(len(logp))
     all_tokens = _draw_from(logp, u, sampling=sampling, top_k=20, top_p=0.9)
     scores = torch.full(shape, float("-inf"))
