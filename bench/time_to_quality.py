@@ -7,13 +7,13 @@ tokenized WikiText-2 (``../shared/data/wikitext-2-v1``): train on ``train.txt``,
 score the first ``--valid-chars`` characters of ``valid.txt`` in bits per character.
 ``--dataset pydoc`` runs the same race on the `cpu` preset's own corpus instead.
 
-Minutes are turned into step counts by a calibration measured in the same run
-(eleven timed steps of each model, interleaved, twice), so that a busy machine
-slows both models alike; each model then trains once for the largest budget,
-checkpointing at the smaller ones (its learning-rate schedule is set for the
-largest budget). The table also gives the training seconds each model really
-spent, read from its metrics log, so a calibration that ran fast for one model
-shows.
+Each model trains once for the largest budget by the clock (``lr_over_time``:
+its learning rate decays to zero over those seconds, however much a step
+costs), checkpointing at the first step past each smaller budget; so both get
+the same training seconds, give or take one step. The table gives each
+checkpoint's steps and seconds, read from the run's metrics log. Run it on an
+idle machine: the two models train one after the other, and a neighbour that
+slows one of them takes its steps, not the other's.
 
     python bench/time_to_quality.py                 # 2, 5 and 10 minutes (about 30 min in all)
     python bench/time_to_quality.py --minutes 0.5,1 # a quick look
@@ -39,26 +39,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 
-def calibrate(config, out: Path, steps: int = 12) -> float:
-    """Seconds per optimizer step of ``config``, from steps 2..steps of a short run."""
-    from tdlib.plots import read_metrics
-    from tdlib.train import train
-
-    cfg = dataclasses.replace(config, output_dir=str(out), max_steps=steps, eval_steps=10**9, save_steps=10**9,
-                              log_steps=1, eval_examples=1, warmup_steps=1, save_at=())
-    train(cfg, progress=False)
-    elapsed = [r["elapsed_s"] for r in read_metrics(out) if "loss" in r]
-    shutil.rmtree(out, ignore_errors=True)
-    return (elapsed[-1] - elapsed[0]) / (len(elapsed) - 1)
-
-
-def train_seconds(run: Path, step: int) -> float:
-    """Training seconds up to ``step`` of a finished run, read from its metrics log (scaled from the nearest record)."""
+def timed_checkpoints(run: Path) -> dict[float, tuple[Path, int, float]]:
+    """Budget seconds -> (model directory, steps, training seconds) of a run trained with ``lr_over_time``."""
     from tdlib.plots import read_metrics
 
-    records = [r for r in read_metrics(run) if "elapsed_s" in r]
-    nearest = min(records, key=lambda r: abs(r["step"] - step))
-    return nearest["elapsed_s"] * step / max(nearest["step"], 1)
+    records = read_metrics(run)
+    found = {}
+    for r in records:
+        if r.get("event") == "checkpoint":
+            for at in r["at_s"]:
+                found[float(at)] = (run / r["checkpoint"], int(r["step"]), float(r["elapsed_s"]))
+    last = [r for r in records if "loss" in r][-1]
+    budget = float(next(r for r in records if r.get("event") == "start")["config"]["time_budget_s"])
+    found[budget] = (run / "final-model", int(last["step"]), float(last["elapsed_s"]))
+    return found
 
 
 def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int | None, max_length: int = 128):
@@ -122,30 +116,21 @@ def main(argv=None) -> int:
         "ar": preset("cpu", objective="causal", learning_rate=args.ar_learning_rate, **data),
     }
     configs = {k: v for k, v in configs.items() if k in wanted}
-    # calibrate interleaved: diffusion, ar, diffusion, ar
-    timings: dict[str, list[float]] = {k: [] for k in configs}
-    for _ in range(2):
-        for name, cfg in configs.items():
-            timings[name].append(calibrate(cfg, work / f"calibrate-{name}"))
-    s_per_step = {k: min(v) for k, v in timings.items()}
-    print(f"calibration (s/step, min of 2): {s_per_step}", flush=True)
     results: dict[str, dict[float, dict]] = {}
     for name, cfg in configs.items():
-        budget_steps = {m: max(1, int(m * 60 / s_per_step[name])) for m in minutes}
-        total = budget_steps[minutes[-1]]
         run = work / name
         shutil.rmtree(run, ignore_errors=True)
-        cfg = dataclasses.replace(cfg, output_dir=str(run), max_steps=total,
-                                  warmup_steps=min(cfg.warmup_steps, max(total // 10, 1)), eval_steps=10**9,
-                                  save_steps=10**9, eval_examples=8, save_total_limit=None, time_budget_s=None,
-                                  save_at=tuple(budget_steps.values()))  # fixed steps: no time budget may stop them early
-        print(f"{name}: {budget_steps} steps", flush=True)
+        cfg = dataclasses.replace(cfg, output_dir=str(run), max_steps=10**9, eval_steps=10**9, save_steps=10**9,
+                                  eval_examples=8, save_total_limit=None, save_at=(), lr_over_time=True,
+                                  time_budget_s=60 * minutes[-1], save_at_s=tuple(60 * m for m in minutes[:-1]))
+        print(f"{name}: {minutes[-1]:g} minutes by the clock", flush=True)
         train(cfg, progress=False)
+        checkpoints = timed_checkpoints(run)
         results[name] = {}
-        for m, steps in budget_steps.items():
-            ckpt = run / "final-model" if steps == total else run / f"checkpoint-{steps}"
+        for m in minutes:
+            ckpt, steps, seconds = checkpoints[60 * m]
             scored = score(ckpt, name == "ar", args.dataset, args.data_dir, args.valid_chars)
-            results[name][m] = {"steps": steps, "seconds": train_seconds(run, steps), **scored}
+            results[name][m] = {"steps": steps, "seconds": seconds, **scored}
             print(f"{name} {m:g} min ({steps} steps in {results[name][m]['seconds']:.0f} s): "
                   f"{results[name][m]['bits_per_char']:.3f} bits/char", flush=True)
     heads = {"diffusion": "diffusion NELBO bits/char", "ar": "AR NLL bits/char"}

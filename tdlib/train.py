@@ -102,6 +102,10 @@ class TrainConfig:
     scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
     causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
+    # decay the learning rate to zero over time_budget_s seconds instead of over the steps, and end there normally:
+    # equal time for runs whose steps cost differently (not reproducible step for step: it follows the clock)
+    lr_over_time: bool = False
+    save_at_s: tuple[float, ...] = ()  # with lr_over_time: checkpoint at the first step past each of these seconds
     # a new LM head's start: "random" (as built), "unigram" (output bias = log unigram frequencies of the train
     # tokens) or "identity" (the unigram bias, and the head's transform starts as a shifted identity map)
     head_init: str = "random"
@@ -136,6 +140,10 @@ class TrainConfig:
         check(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
         check(0 <= self.seed < 2**32, f"--seed must be in 0 .. {2**32 - 1}, got {self.seed}")
         check(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
+        check(not self.lr_over_time or (self.time_budget_s is not None and 0 < self.time_budget_s < math.inf),
+              "--lr-over-time needs a finite --time-budget > 0 to decay over")
+        check(not self.save_at_s or self.lr_over_time, "checkpoints by seconds (save_at_s) need --lr-over-time")
+        check(all(0 < s for s in self.save_at_s), "save_at_s must be positive seconds")
         check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
         check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
         check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
@@ -177,8 +185,16 @@ def preset(name: str, **overrides) -> TrainConfig:
     return TrainConfig(**values).validate()
 
 
-def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Learning rate after ``step`` optimizer steps: linear warmup, then linear decay to 0."""
+def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: float = 0.0) -> float:
+    """Learning rate after ``step`` optimizer steps: linear warmup, then linear decay to 0.
+
+    With ``config.lr_over_time`` the decay runs over the clock instead of the
+    steps: ``lr * min(warmup factor, 1 - elapsed_s / time_budget_s)``, zero at
+    the budget whatever a step costs.
+    """
+    if config.lr_over_time:
+        warm = min((step + 1) / (config.warmup_steps + 1), 1.0)
+        return config.learning_rate * min(warm, max(0.0, 1.0 - elapsed_s / config.time_budget_s))
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / (config.warmup_steps + 1)
     remaining = max(total_steps - config.warmup_steps, 1)
@@ -467,7 +483,7 @@ def train(
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
     loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting)
 
-    start_step = 0
+    start_step, resumed_s = 0, 0.0
     if resume_from is not None:
         try:
             state = torch.load(resume_from / STATE_FILE, weights_only=True)  # tensors only: never runs code
@@ -485,6 +501,7 @@ def train(
                 f"are in {resume_from / CONFIG_FILE})"
             ) from None
         start_step = int(state["step"])
+        resumed_s = float(state.get("elapsed_s", 0.0)) if config.lr_over_time else 0.0  # the clock goes on
     loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     device = accelerator.device
     unwrapped = accelerator.unwrap_model(loss_module).model
@@ -508,7 +525,7 @@ def train(
         accelerator.wait_for_everyone()
         if not is_main:
             return None
-        state = {"optimizer": optimizer.state_dict(), "step": step}
+        state = {"optimizer": optimizer.state_dict(), "step": step, "elapsed_s": time.perf_counter() - train_start}
         path = save_model(unwrapped, tokenizer, out / f"checkpoint-{step}",
                           extra={STATE_FILE: state, CONFIG_FILE: dataclasses.asdict(config)})
         _atomic_write_text(out / LATEST_FILE, path.name + "\n")
@@ -522,12 +539,13 @@ def train(
     check(micro % world == 0, f"--batch-size {config.batch_size} must split evenly over {world} processes "
                               f"and {config.grad_accum} accumulation steps")
     per_rank = micro // world
-    bar = tqdm(total=total_steps, initial=start_step, disable=not (progress and is_main), desc="train",
+    bar = tqdm(total=None if config.lr_over_time else total_steps, initial=start_step, disable=not (progress and is_main), desc="train",
                dynamic_ncols=True)
     last_eval = None
     stopped_early = False
     step = start_step
-    window_tokens, window_start, train_start = 0, time.perf_counter(), time.perf_counter()
+    window_tokens, window_start, train_start = 0, time.perf_counter(), time.perf_counter() - resumed_s
+    pending_s = sorted(s for s in config.save_at_s if s > resumed_s)  # checkpoints by the clock still to come
     running_loss = None
     interrupted = {"flag": False}  # set by the SIGTERM handler, on the main process only
     sigterm = False  # the main process's flag as every process read it at the last check
@@ -543,6 +561,10 @@ def train(
 
         return [int(v) for v in broadcast(torch.tensor(values, dtype=torch.int64, device=device)).tolist()]
 
+    def clock_s() -> float:
+        """Seconds of training so far by the main process's clock (the same on every process)."""
+        return main_process_says(int((time.perf_counter() - train_start) * 1000))[0] / 1000
+
     old_handler = signal.signal(signal.SIGTERM, on_sigterm) if is_main else None
     try:
         while step < total_steps:
@@ -553,8 +575,9 @@ def train(
             collator.generator.manual_seed(config.seed * 1_000_003 + step)
             examples = [train_examples[int(i)] for i in batch_ids]
             batch = clean_batch(examples, tokenizer) if causal else collator(examples)
+            lr = lr_at(step, config, total_steps, clock_s() if config.lr_over_time else 0.0)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config, total_steps) * group.get("lr_scale", 1.0)
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             step_loss = 0.0
             for a in range(config.grad_accum):
                 start = a * micro + rank * per_rank  # this process's rows of this micro-batch
@@ -586,10 +609,17 @@ def train(
             running_loss = step_loss if running_loss is None else 0.9 * running_loss + 0.1 * step_loss
             bar.update(1)
             bar.set_postfix(loss=f"{running_loss:.3f}")
+            due = []
+            if config.lr_over_time:
+                now_s = clock_s()
+                if now_s >= config.time_budget_s:
+                    total_steps = step  # the schedule has run out of time: this was the last step
+                due = [s for s in pending_s if now_s >= s]
+                pending_s = [s for s in pending_s if now_s < s]
 
             if step % config.log_steps == 0 or step == total_steps:
                 now = time.perf_counter()
-                emit({"step": step, "loss": step_loss, "lr": lr_at(step - 1, config, total_steps),
+                emit({"step": step, "loss": step_loss, "lr": lr,
                       "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                       "epoch": step / steps_per_epoch, "elapsed_s": now - train_start})
                 window_tokens, window_start = 0, now
@@ -598,9 +628,13 @@ def train(
                     last_eval = evaluate_model(unwrapped, tokenizer, eval_examples, config, step)
                     emit(last_eval)
                 window_start = time.perf_counter()
-            if (step % config.save_steps == 0 or step in config.save_at) and step < total_steps:
-                save(step)
-            over = config.time_budget_s is not None and time.perf_counter() - train_start > config.time_budget_s
+            if (step % config.save_steps == 0 or step in config.save_at or due) and step < total_steps:
+                path = save(step)
+                if due and path is not None:
+                    emit({"step": step, "event": "checkpoint", "at_s": due, "checkpoint": path.name,
+                          "elapsed_s": time.perf_counter() - train_start})
+            over = (not config.lr_over_time and config.time_budget_s is not None
+                    and time.perf_counter() - train_start > config.time_budget_s)
             over, sigterm = main_process_says(over, interrupted["flag"])  # the handler's flag is never overwritten
             if (sigterm or over) and step < total_steps:  # after the last step: a normal end
                 stopped_early = True

@@ -19,13 +19,16 @@ def ttq():
     return module
 
 
-def test_train_seconds_reads_the_nearest_record_and_scales_it(ttq, tmp_path):
-    records = [{"step": 0, "event": "start"}, {"step": 10, "loss": 1.0, "elapsed_s": 12.0},
-               {"step": 20, "loss": 1.0, "elapsed_s": 30.0}, {"step": 20, "event": "end"}]
+def test_timed_checkpoints_maps_each_budget_to_its_checkpoint_steps_and_seconds(ttq, tmp_path):
+    records = [{"step": 0, "event": "start", "config": {"time_budget_s": 300.0}},
+               {"step": 10, "loss": 1.0, "elapsed_s": 11.0},
+               {"step": 112, "event": "checkpoint", "at_s": [60.0, 120.0], "checkpoint": "checkpoint-112",
+                "elapsed_s": 121.5},
+               {"step": 275, "loss": 1.0, "elapsed_s": 300.4}, {"step": 275, "event": "end"}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert ttq.train_seconds(tmp_path, 20) == pytest.approx(30.0)
-    assert ttq.train_seconds(tmp_path, 11) == pytest.approx(12.0 * 11 / 10)  # nearest record is step 10
-    assert ttq.train_seconds(tmp_path, 19) == pytest.approx(30.0 * 19 / 20)
+    found = ttq.timed_checkpoints(tmp_path)
+    assert found == {60.0: (tmp_path / "checkpoint-112", 112, 121.5), 120.0: (tmp_path / "checkpoint-112", 112, 121.5),
+                     300.0: (tmp_path / "final-model", 275, 300.4)}
 
 
 def test_unknown_model_names_are_refused_before_any_work(ttq, capsys):

@@ -339,6 +339,44 @@ def test_lr_warms_up_then_decays_to_zero():
     assert lr_at(10, cfg, 10) == 0.0
 
 
+def test_lr_over_time_warms_up_by_steps_then_decays_by_the_clock():
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=4, time_budget_s=100.0, lr_over_time=True)
+    assert lr_at(0, cfg, 10, elapsed_s=0.0) == pytest.approx(1 / 5)  # warming up: the clock does not matter yet
+    assert lr_at(4, cfg, 10, elapsed_s=25.0) == pytest.approx(0.75)  # the step count no longer matters
+    assert lr_at(9, cfg, 10, elapsed_s=25.0) == lr_at(4, cfg, 10, elapsed_s=25.0)
+    assert lr_at(1, cfg, 10, elapsed_s=90.0) == pytest.approx(0.1)  # whichever is smaller
+    assert lr_at(50, cfg, 10, elapsed_s=100.0) == 0.0 and lr_at(50, cfg, 10, elapsed_s=130.0) == 0.0
+
+
+def test_lr_over_time_ends_normally_at_the_budget_and_checkpoints_by_the_clock(tmp_path):
+    out = tmp_path / "timed"
+    result = train(smoke(out, max_steps=10**6, eval_steps=10**6, save_steps=10**6, log_steps=1, warmup_steps=1,
+                         time_budget_s=2.0, lr_over_time=True, save_at_s=(0.5,)), progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    events = [r.get("event") for r in records]
+    assert not result.stopped_early and "stopped" not in events and events[-1] == "end"
+    assert 2 < result.final_step < 10**6 and steps[-1]["step"] == result.final_step
+    assert steps[-1]["elapsed_s"] >= 2.0 and steps[-2]["elapsed_s"] < 2.0  # it ran until the budget, no further
+    lrs = [r["lr"] for r in steps[1:]]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.25 * lrs[0]  # decayed by the clock
+    [mark] = [r for r in records if r.get("event") == "checkpoint"]
+    assert mark["at_s"] == [0.5] and mark["elapsed_s"] >= 0.5 and (out / mark["checkpoint"]).is_dir()
+    state = torch.load(out / mark["checkpoint"] / "trainer_state.pt", weights_only=True)
+    assert 0.5 <= state["elapsed_s"] < 2.0  # a resume goes on from the clock's reading, not from zero
+
+
+def test_a_resumed_run_keeps_the_clock_of_its_checkpoint(tmp_path):
+    out = tmp_path / "resumed"
+    cfg = dict(max_steps=10**6, eval_steps=10**6, save_steps=10**6, log_steps=1, warmup_steps=1)
+    train(smoke(out, time_budget_s=0.0, **cfg), progress=False)  # one step, then a budget stop with a checkpoint
+    state_file = out / "checkpoint-1" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "elapsed_s": 1000.0}, state_file)  # as if the budget had already been spent
+    result = train(smoke(out, time_budget_s=900.0, lr_over_time=True, **cfg), resume=True, progress=False)
+    assert result.final_step == 2 and not result.stopped_early  # one step at lr 0, then a normal end
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [
@@ -351,6 +389,9 @@ def test_lr_warms_up_then_decays_to_zero():
         (dict(head_lr_scale=0.0), "head-lr-scale"),
         (dict(dropout=1.0), "dropout"),
         (dict(freeze_layers=-1), "freeze-layers"),
+        (dict(lr_over_time=True), "lr-over-time"),
+        (dict(lr_over_time=True, time_budget_s=math.inf), "lr-over-time"),
+        (dict(save_at_s=(60.0,)), "save_at_s"),
     ],
 )
 def test_bad_settings_are_user_errors(overrides, match):

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--save-steps", type=int)
     a("--save-total-limit", type=int)
     a("--time-budget", type=float, dest="time_budget_s", help="stop and save after this many seconds (inf: no limit)")
+    a("--lr-over-time", action=argparse.BooleanOptionalAction,
+      help="decay the learning rate to zero over --time-budget seconds instead of over the steps")
     a("--output-dir", help="run directory (default: runs/PRESET)")
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     a("--seed", type=seed_value)
@@ -60,7 +62,7 @@ def config_from_args(args: argparse.Namespace):
         for name in (
             "objective", "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
             "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
-            "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "seed",
+            "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "lr_over_time", "seed",
             "head_init", "head_lr_scale", "dropout", "freeze_embeddings", "freeze_layers",
         )
     }
