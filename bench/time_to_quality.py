@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     for name, cfg in configs.items():
         run = work / name
         shutil.rmtree(run, ignore_errors=True)
-        cfg = dataclasses.replace(cfg, output_dir=str(run), max_steps=10**9, eval_steps=10**9, save_steps=10**9,
+        cfg = dataclasses.replace(cfg, output_dir=str(run), eval_steps=10**9, save_steps=10**9,
                                   eval_examples=8, save_total_limit=None, save_at=(), lr_over_time=True,
                                   time_budget_s=60 * minutes[-1], save_at_s=tuple(60 * m for m in minutes[:-1]))
         print(f"{name}: {minutes[-1]:g} minutes by the clock", flush=True)

@@ -102,8 +102,9 @@ class TrainConfig:
     scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
     causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
     time_budget_s: float | None = None  # stop (and save) after this many seconds of training
-    # decay the learning rate to zero over time_budget_s seconds instead of over the steps, and end there normally:
-    # equal time for runs whose steps cost differently (not reproducible step for step: it follows the clock)
+    # train for time_budget_s seconds with the learning rate decaying to zero over them (the step count, max_steps or
+    # epochs, is ignored) and end there normally: equal time for runs whose steps cost differently, and a decayed
+    # schedule on any machine (not reproducible step for step: it follows the clock)
     lr_over_time: bool = False
     save_at_s: tuple[float, ...] = ()  # with lr_over_time: checkpoint at the first step past each of these seconds
     # a new LM head's start: "random" (as built), "unigram" (output bias = log unigram frequencies of the train
@@ -463,6 +464,8 @@ def train(
 
     steps_per_epoch = max(len(train_examples) // config.batch_size, 1)
     total_steps = config.max_steps or max(int(config.epochs * steps_per_epoch), 1)
+    if config.lr_over_time:
+        total_steps = math.inf  # the clock ends the run
     collator = MaskingCollator(
         tokenizer, config.mask_probs, mode=config.masking, prefix_length=config.prefix_length, seed=config.seed
     )
@@ -515,11 +518,11 @@ def train(
                 cb(record)
 
     if start_step == 0:
-        emit({"step": 0, "event": "start", "max_steps": total_steps, "config": dataclasses.asdict(config),
+        emit({"step": 0, "event": "start", "max_steps": None if config.lr_over_time else total_steps, "config": dataclasses.asdict(config),
               "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
               "parameters": sum(p.numel() for p in unwrapped.parameters())})
     elif resume_from is not None:
-        emit({"step": start_step, "event": "resume", "max_steps": total_steps, "from": resume_from.name})
+        emit({"step": start_step, "event": "resume", "max_steps": None if config.lr_over_time else total_steps, "from": resume_from.name})
 
     def save(step: int) -> Path | None:
         accelerator.wait_for_everyone()
@@ -539,8 +542,8 @@ def train(
     check(micro % world == 0, f"--batch-size {config.batch_size} must split evenly over {world} processes "
                               f"and {config.grad_accum} accumulation steps")
     per_rank = micro // world
-    bar = tqdm(total=None if config.lr_over_time else total_steps, initial=start_step, disable=not (progress and is_main), desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(total=None if config.lr_over_time else total_steps, initial=start_step,
+               disable=not (progress and is_main), desc="train", dynamic_ncols=True)
     last_eval = None
     stopped_early = False
     step = start_step

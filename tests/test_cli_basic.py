@@ -44,6 +44,19 @@ def test_monitor_summarises_and_plots(run_dir, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_by_the_clock_ignores_the_step_count_and_monitor_shows_the_budget(tmp_path, capsys):
+    from tdlib.cli.monitor import summarize
+
+    out = tmp_path / "timed"
+    assert main(["train", "--preset", "smoke", "--max-steps", "1", "--time-budget", "4", "--lr-over-time",
+                 "--output-dir", str(out), "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["max_steps"] is None and records[0]["config"]["lr_over_time"] is True
+    assert records[-1]["event"] == "end" and records[-1]["step"] > 1  # --max-steps 1 did not stop it
+    running = [records[0], {"step": 40, "loss": 3.0, "lr": 1e-3, "tokens_per_s": 900.0, "elapsed_s": 1.0}]
+    assert "25% of the 0:04 budget  ETA 0:03" in summarize(running)
+
+
 @pytest.mark.parametrize(
     "argv, fragment",
     [

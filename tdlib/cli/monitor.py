@@ -39,6 +39,8 @@ def summarize(records: list[dict]) -> str:
     ended = any(r.get("event") == "end" for r in records)
     step = max((r["step"] for r in records), default=0)
     lines = []
+    config = next((r.get("config") or {} for r in records if r.get("event") == "start"), {})
+    budget = config.get("time_budget_s") if config.get("lr_over_time") else None  # a run that ends by the clock
     head = f"step {step}" + (f"/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps else "")
     if ended:
         head += "  finished"
@@ -52,6 +54,8 @@ def summarize(records: list[dict]) -> str:
             first = trains[0]
             rate = (last["elapsed_s"] - first.get("elapsed_s", 0)) / max(last["step"] - first["step"], 1)
             line += f"  {rate:.2f} s/step  ETA {_fmt_seconds(rate * (max_steps - step))}"
+        elif elapsed and budget and not ended:
+            line += f"  {100 * elapsed / budget:.0f}% of the {_fmt_seconds(budget)} budget  ETA {_fmt_seconds(budget - elapsed)}"
         lines.append(line)
     if evals:
         last = evals[-1]
