@@ -517,12 +517,13 @@ def train(
             for cb in callbacks:
                 cb(record)
 
+    shown_steps = None if config.lr_over_time else total_steps  # JSON has no infinity
     if start_step == 0:
-        emit({"step": 0, "event": "start", "max_steps": None if config.lr_over_time else total_steps, "config": dataclasses.asdict(config),
+        emit({"step": 0, "event": "start", "max_steps": shown_steps, "config": dataclasses.asdict(config),
               "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
               "parameters": sum(p.numel() for p in unwrapped.parameters())})
     elif resume_from is not None:
-        emit({"step": start_step, "event": "resume", "max_steps": None if config.lr_over_time else total_steps, "from": resume_from.name})
+        emit({"step": start_step, "event": "resume", "max_steps": shown_steps, "from": resume_from.name})
 
     def save(step: int) -> Path | None:
         accelerator.wait_for_everyone()

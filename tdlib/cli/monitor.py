@@ -55,7 +55,8 @@ def summarize(records: list[dict]) -> str:
             rate = (last["elapsed_s"] - first.get("elapsed_s", 0)) / max(last["step"] - first["step"], 1)
             line += f"  {rate:.2f} s/step  ETA {_fmt_seconds(rate * (max_steps - step))}"
         elif elapsed and budget and not ended:
-            line += f"  {100 * elapsed / budget:.0f}% of the {_fmt_seconds(budget)} budget  ETA {_fmt_seconds(budget - elapsed)}"
+            line += (f"  {100 * elapsed / budget:.0f}% of the {_fmt_seconds(budget)} budget"
+                     f"  ETA {_fmt_seconds(budget - elapsed)}")
         lines.append(line)
     if evals:
         last = evals[-1]
