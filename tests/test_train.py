@@ -399,20 +399,34 @@ def test_bad_settings_are_user_errors(overrides, match):
         preset("smoke", **overrides)
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_under_accelerate_launch(tmp_path):
-    out = tmp_path / "ddp"
+def _launch_two_cpu_processes(out: Path, *train_args: str) -> list[dict]:
+    """`tdlib train --preset smoke` under `accelerate launch` with two CPU processes; the metrics records."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "tdlib", "train", "--preset", "smoke", "--max-steps", "4", "--save-steps", "2",
-           "--eval-steps", "100", "--output-dir", str(out), "--quiet"]
+           "-m", "tdlib", "train", "--preset", "smoke", *train_args, "--eval-steps", "100",
+           "--output-dir", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert validate_model_dir(out / "checkpoint-2") is None
     assert validate_model_dir(out / "final-model") is None
-    trains = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert [r["step"] for r in trains] == [2, 4]  # one writer: no duplicated lines from the second process
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch(tmp_path):
+    out = tmp_path / "ddp"
+    records = _launch_two_cpu_processes(out, "--max-steps", "4", "--save-steps", "2")
+    assert validate_model_dir(out / "checkpoint-2") is None
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]  # one writer: no duplicated lines from the second
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree_on_when_the_clock_ends_the_run(tmp_path):
+    # each process reads its own clock; if they disagreed on the last step, one would wait forever in an all-reduce
+    records = _launch_two_cpu_processes(tmp_path / "ddp-clock", "--time-budget", "5", "--lr-over-time")
+    steps = [r["step"] for r in records if "loss" in r]
+    assert records[-1]["event"] == "end" and records[-1]["step"] == steps[-1] > 2
+    assert steps == sorted(set(steps))  # one writer
 
 
 def test_causal_baseline_trains_resumes_and_scores_exact_nll(finished_run, tmp_path):
