@@ -517,7 +517,7 @@ def train(
             for cb in callbacks:
                 cb(record)
 
-    shown_steps = None if config.lr_over_time else total_steps  # JSON has no infinity
+    shown_steps = None if config.lr_over_time else total_steps  # a clock-run has no step count (JSON, progress bar)
     if start_step == 0:
         emit({"step": 0, "event": "start", "max_steps": shown_steps, "config": dataclasses.asdict(config),
               "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
@@ -543,8 +543,8 @@ def train(
     check(micro % world == 0, f"--batch-size {config.batch_size} must split evenly over {world} processes "
                               f"and {config.grad_accum} accumulation steps")
     per_rank = micro // world
-    bar = tqdm(total=None if config.lr_over_time else total_steps, initial=start_step,
-               disable=not (progress and is_main), desc="train", dynamic_ncols=True)
+    bar = tqdm(total=shown_steps, initial=start_step, disable=not (progress and is_main), desc="train",
+               dynamic_ncols=True)
     last_eval = None
     stopped_early = False
     step = start_step
