@@ -267,8 +267,8 @@ def _reveal_by_confidence(
     """The ``confidence`` step, drawing only where a draw could be revealed.
 
     ``logp`` (N, V) holds the log-probs at the ``masked`` (B, L) positions of the
-    canvas, (``rows``, ``cols`` = ``masked.nonzero()``); canvas row b reveals the ``count[b]`` drawn tokens with the highest
-    probability. A drawn token's probability is at most its position's largest
+    canvas (``rows``, ``cols`` = ``masked.nonzero()``); canvas row b reveals the
+    ``count[b]`` drawn tokens with the highest probability. A drawn token's probability is at most its position's largest
     probability, its bound. So positions are drawn in rounds, in order of
     their bound: first the ``count[b]`` highest, then twice as many, and so
     on, while any position not yet drawn has a bound that reaches the
