@@ -160,12 +160,12 @@ PRESETS: dict[str, dict] = {
         epochs=3.0, batch_size=16, learning_rate=5e-5, warmup_steps=500, eval_steps=500,
         save_steps=1000, eval_examples=512,
     ),
-    # offline, about 10 minutes on a 2-core laptop; settings chosen by measurement (README: "The cpu preset")
+    # offline, about 10 minutes on a 2-core laptop; settings chosen by measurement (docs/cpu_preset.md)
     "cpu": dict(
         model_name="minilm", dataset="pydoc", example_mode="packed", max_length=128,
         prefix_length=5, masking="stratified", loss_weighting="elbo", max_steps=560,
         batch_size=4, learning_rate=2e-4, warmup_steps=28, eval_steps=140, save_steps=140,
-        head_init="identity", head_lr_scale=10.0, dropout=0.0,  # README, rounds 4 (embeddings train) and 6
+        head_init="identity", head_lr_scale=10.0, dropout=0.0,  # docs/cpu_preset.md, rounds 4 (embeddings train) and 6
         eval_examples=32, log_steps=10, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
     ),
     # seconds: tests, CI and notebook smoke runs
