@@ -411,6 +411,22 @@ def split_mlm(model):
     return model.base_model, head
 
 
+def head_transform(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The LM head short of its output layer: hidden states (M, H) -> what the output layer reads.
+
+    ``model.get_output_embeddings()`` applied to the result gives the head's logits.
+    BERT's head keeps this part as ``cls.predictions.transform``; RoBERTa's is
+    dense -> GELU -> LayerNorm inside ``lm_head``. None for other heads.
+    """
+    predictions = getattr(getattr(model, "cls", None), "predictions", None)
+    if predictions is not None and hasattr(predictions, "transform"):
+        return predictions.transform
+    head = getattr(model, "lm_head", None)
+    if head is not None and all(hasattr(head, n) for n in ("dense", "layer_norm", "decoder")):
+        return lambda h: head.layer_norm(torch.nn.functional.gelu(head.dense(h)))
+    return None
+
+
 def masked_logits(model, xt: torch.Tensor, attention_mask: torch.Tensor | None, where: torch.Tensor) -> torch.Tensor:
     """Logits only at positions ``where`` (bool, (B, L)): shape (M, V), M = where.sum().
 

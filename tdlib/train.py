@@ -52,6 +52,7 @@ from tdlib.model import (
     as_denoiser,
     autocast,
     freeze_bottom,
+    head_transform,
     list_checkpoints,
     load_model,
     masked_logits,
@@ -67,6 +68,7 @@ STATE_FILE = "trainer_state.pt"
 CONFIG_FILE = TRAINING_CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
 HEAD_INITS = ("random", "unigram", "identity")
+HEAD_VOCABS = ("all", "train")
 
 
 @dataclass
@@ -111,6 +113,9 @@ class TrainConfig:
     # tokens) or "identity" (the unigram bias, and the head's transform starts as a shifted identity map)
     head_init: str = "random"
     head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
+    # the masked model's training softmax: over "all" tokens, or ("train") only those in the training text, the only
+    # possible labels (a cheaper head; evaluation, sampling and the saved model keep the whole vocabulary)
+    head_vocab: str = "all"
     dropout: float | None = None  # None keeps the model's own dropout; 0.0 turns it off for short runs
     # a cheaper step for a pretrained start (the masked model only: the causal baseline starts from scratch)
     freeze_embeddings: bool = False  # keep the input embeddings (and an output layer tied to them) fixed
@@ -147,6 +152,7 @@ class TrainConfig:
         check(all(0 < s for s in self.save_at_s), "save_at_s must be positive seconds")
         check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
         check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
+        check(self.head_vocab in HEAD_VOCABS, f"--head-vocab must be one of {', '.join(HEAD_VOCABS)}")
         check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
         check(self.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {self.freeze_layers}")
         return self
@@ -214,17 +220,38 @@ class MaskedDiffusionLoss(torch.nn.Module):
     (n + 1) / m * sum_i CE_i (nothing when m = 0). Under t ~ U(0, 1), m is
     uniform on 0..n, so its expectation is the NELBO as well, but a small t no
     longer multiplies the chance number of masked tokens by a large 1/t.
+
+    With ``vocab_ids`` (the ids that can be labels: the tokens of the training
+    text), the softmax runs over those columns of the output layer only, S of V,
+    which cuts the head's cost by (V - S) / V; every label must be among them.
+    Heads that `tdlib.model.head_transform` cannot split keep the whole vocabulary.
     """
 
-    def __init__(self, model, weighting: str):
+    def __init__(self, model, weighting: str, vocab_ids: torch.Tensor | None = None):
         super().__init__()
         self.model = model
         self.weighting = weighting
+        self.transform = None if vocab_ids is None else head_transform(model)
+        if self.transform is not None:
+            index = torch.full((model.get_output_embeddings().weight.shape[0],), -1, dtype=torch.long)
+            index[vocab_ids] = torch.arange(len(vocab_ids))  # vocabulary id -> column of the restricted softmax
+            self.register_buffer("vocab_ids", vocab_ids.clone(), persistent=False)
+            self.register_buffer("vocab_index", index, persistent=False)
+
+    def _logits(self, input_ids, attention_mask, where, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (M, V or S) at the masked positions and the column of each label in them (M,)."""
+        if self.transform is None:
+            return masked_logits(self.model, input_ids, attention_mask, where), labels[where]
+        body, _ = split_mlm(self.model)
+        hidden = self.transform(body(input_ids=input_ids, attention_mask=attention_mask)[0][where])  # (M, H)
+        out = self.model.get_output_embeddings()
+        bias = None if out.bias is None else out.bias[self.vocab_ids]
+        return F.linear(hidden, out.weight[self.vocab_ids], bias), self.vocab_index[labels[where]]  # (M, S), (M,)
 
     def forward(self, input_ids, attention_mask, labels, t, scorable):
         where = labels != IGNORE_INDEX  # (B, L) masked positions
-        logits = masked_logits(self.model, input_ids, attention_mask, where)  # (M, V)
-        ce = F.cross_entropy(logits.float(), labels[where], reduction="none")  # (M,)
+        logits, targets = self._logits(input_ids, attention_mask, where, labels)  # (M, V or S), (M,)
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")  # (M,)
         if self.weighting == "uniform":
             return ce.sum() / where.sum().clamp(min=1)
         if self.weighting == "count":  # (n + 1) / m per example: unbiased for the NELBO, lower variance
@@ -484,7 +511,12 @@ def train(
     groups = param_groups(model, config.weight_decay, config.head_lr_scale)
     # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
-    loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting)
+    vocab_ids = None  # the training softmax's columns: every token, or those the training text holds
+    if not causal and config.head_vocab == "train":
+        ids, am = train_examples.input_ids, train_examples.attention_mask
+        vocab_ids = torch.unique(ids[~protected_positions(ids, tokenizer, am)])
+    loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting, vocab_ids)
+    head_vocab = len(loss_module.vocab_ids) if getattr(loss_module, "transform", None) is not None else None
 
     start_step, resumed_s = 0, 0.0
     if resume_from is not None:
@@ -521,6 +553,7 @@ def train(
     if start_step == 0:
         emit({"step": 0, "event": "start", "max_steps": shown_steps, "config": dataclasses.asdict(config),
               "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
+              "head_vocab": head_vocab,  # columns of the training softmax; None: the whole vocabulary
               "parameters": sum(p.numel() for p in unwrapped.parameters())})
     elif resume_from is not None:
         emit({"step": start_step, "event": "resume", "max_steps": shown_steps, "from": resume_from.name})

@@ -18,7 +18,7 @@ from tdlib.train import TrainConfig, out_of_memory_advice, preset, train
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
     assert main(["train", "--preset", "smoke", "--max-steps", "4", "--eval-steps", "2", "--save-steps", "2",
-                 "--head-init", "unigram", "--head-lr-scale", "3", "--dropout", "0",
+                 "--head-init", "unigram", "--head-lr-scale", "3", "--head-vocab", "train", "--dropout", "0",
                  "--loss-weighting", "count", "--freeze-embeddings", "--freeze-layers", "1", "--output-dir", str(out),
                  "--quiet"]) == 0
     return out
@@ -34,6 +34,7 @@ def test_train_cli_writes_a_run(run_dir, capsys):
     assert saved["hidden_dropout_prob"] == 0.0 and saved["attention_probs_dropout_prob"] == 0.0
     start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert start["head_init"] == "unigram"  # applied: the scratch RoBERTa's head has an output bias
+    assert config["head_vocab"] == "train" and 0 < start["head_vocab"] < saved["vocab_size"]
 
 
 def test_monitor_summarises_and_plots(run_dir, tmp_path, capsys):

@@ -5,13 +5,16 @@ import json
 import pytest
 import torch
 
+from tdlib.causal import build_causal_model
 from tdlib.errors import UserError
 from tdlib.model import (
     as_denoiser,
+    head_transform,
     load_checkpoint,
     load_model,
     resolve_checkpoint,
     save_model,
+    split_mlm,
     validate_model_dir,
 )
 
@@ -106,3 +109,17 @@ def test_unknown_model_name_is_a_user_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once at import
     with pytest.raises(UserError, match="offline alternatives"):
         load_model("no-such-org/no-such-model", device="cpu")
+
+
+def test_head_transform_then_the_output_layer_is_the_whole_head(scratch):
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64)).eval()
+    roberta = type(scratch[0])(scratch[0].config).eval()
+    for model in (bert, roberta):
+        h = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        head = split_mlm(model)[1]
+        assert torch.equal(model.get_output_embeddings()(head_transform(model)(h)), head(h))
+    gpt2 = build_causal_model(scratch[1], scratch[0].config, max_length=32, seed=0)
+    assert head_transform(gpt2) is None  # one output layer: nothing to split off

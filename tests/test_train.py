@@ -22,7 +22,7 @@ from tdlib.causal import build_causal_model
 from tdlib.data import make_examples
 from tdlib.errors import UserError
 from tdlib.masking import MaskingCollator
-from tdlib.model import freeze_bottom, set_dropout, validate_model_dir
+from tdlib.model import freeze_bottom, load_checkpoint, set_dropout, validate_model_dir
 from tdlib.train import (
     MaskedDiffusionLoss,
     TrainConfig,
@@ -450,3 +450,47 @@ def test_causal_baseline_trains_resumes_and_scores_exact_nll(finished_run, tmp_p
     halves = [causal_nll(model, ids["input_ids"][i : i + 1], scorable[i : i + 1],
                          attention_mask=ids["attention_mask"][i : i + 1], num_characters=30) for i in range(2)]
     assert whole["nll_bits_per_char"] == pytest.approx(sum(h["nll_bits_per_char"] for h in halves), rel=1e-5)
+
+
+def _masked_batch(tokenizer, seed: int = 3):
+    enc = tokenizer(["the cat sat on the mat and the dog sat on the log"] * 3, return_tensors="pt")
+    examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
+    batch = MaskingCollator(tokenizer, mask_probs=[0.6], prefix_length=0, seed=seed)(examples)
+    return (batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"], batch["scorable"])
+
+
+def test_a_head_vocabulary_of_every_token_gives_the_full_loss(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config).eval()
+    args = _masked_batch(tokenizer)
+    every = torch.arange(model.config.vocab_size)
+    full = MaskedDiffusionLoss(model, "elbo")(*args)
+    assert torch.allclose(MaskedDiffusionLoss(model, "elbo", every)(*args), full, rtol=1e-6)
+
+
+def test_a_restricted_head_vocabulary_is_a_softmax_over_those_columns_only(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config).eval()
+    input_ids, attention_mask, labels, t, scorable = args = _masked_batch(tokenizer)
+    where = labels != -100
+    vocab = torch.unique(torch.cat([labels[where], torch.arange(5, 40)]))  # every label, and some other tokens
+    loss = MaskedDiffusionLoss(model, "uniform", vocab)(*args)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[where][:, vocab]  # (M, S)
+    column = (labels[where][:, None] == vocab).float().argmax(1)
+    expected = F.cross_entropy(logits, column)
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert loss < MaskedDiffusionLoss(model, "uniform")(*args)  # fewer tokens share the mass
+
+
+def test_head_vocab_train_trains_over_the_training_tokens_and_keeps_the_whole_vocabulary(tmp_path):
+    seen = []
+    result = train(smoke(tmp_path / "run", max_steps=4, head_vocab="train"), progress=False,
+                   callbacks=[seen.append])
+    start = next(r for r in seen if r.get("event") == "start")
+    model, _ = load_checkpoint(result.final_model, device="cpu")
+    vocab = model.get_output_embeddings().weight.shape[0]  # the saved model keeps every token
+    assert 0 < start["head_vocab"] < vocab
+    assert any(math.isfinite(r.get("nelbo_bits_per_char", math.nan)) for r in seen)  # scored over every token
+    with pytest.raises(UserError, match="--head-vocab"):
+        smoke(tmp_path / "bad", head_vocab="some")

@@ -11,7 +11,7 @@ from tdlib.masking import MODES, parse_ratios
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib train`; unset flags take the preset's value."""
-    from tdlib.train import HEAD_INITS, OBJECTIVES, PRESETS, WEIGHTINGS
+    from tdlib.train import HEAD_INITS, HEAD_VOCABS, OBJECTIVES, PRESETS, WEIGHTINGS
 
     a = parser.add_argument
     a("--preset", choices=sorted(PRESETS), default="cpu", help="base settings (default: cpu)")
@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="start of a new LM head: random (as built), unigram (output bias = log frequencies of the training "
            "tokens) or identity (the unigram bias, and the head's transform starts as a shifted identity map)")
     a("--head-lr-scale", type=float, help="learning-rate multiplier for the LM head's own parameters")
+    a("--head-vocab", choices=HEAD_VOCABS,
+      help="the training softmax over all tokens, or only those in the training text (a cheaper step; "
+           "evaluation and sampling keep every token)")
     a("--dropout", type=float, help="dropout probability for the whole model (0 turns it off; default: the model's)")
     a("--freeze-embeddings", action=argparse.BooleanOptionalAction,
       help="keep the input embeddings (and an output layer tied to them) fixed: a cheaper step")
@@ -63,7 +66,7 @@ def config_from_args(args: argparse.Namespace):
             "objective", "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
             "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
             "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "lr_over_time", "seed",
-            "head_init", "head_lr_scale", "dropout", "freeze_embeddings", "freeze_layers",
+            "head_init", "head_lr_scale", "head_vocab", "dropout", "freeze_embeddings", "freeze_layers",
         )
     }
     if args.mask_probs is not None:
