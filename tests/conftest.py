@@ -53,3 +53,27 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is absent (the shared WikiText-2 files sit beside the checkout)")
     return SHARED_DATA
+
+
+class _TickingClock:
+    """Stands in for `time` in tdlib.train: each reading is `tick` seconds after the last."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.fixture
+def ticking_clock(monkeypatch):
+    """``ticking_clock(tick)`` gives tdlib.train a clock that advances ``tick`` seconds per reading, so a run by
+    the clock takes the same steps on an idle machine as on a loaded one."""
+
+    def install(tick: float) -> _TickingClock:
+        clock = _TickingClock(tick)
+        monkeypatch.setattr("tdlib.train.time", clock)
+        return clock
+
+    return install

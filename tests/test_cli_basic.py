@@ -45,9 +45,10 @@ def test_monitor_summarises_and_plots(run_dir, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_train_by_the_clock_ignores_the_step_count_and_monitor_shows_the_budget(tmp_path, capsys):
+def test_train_by_the_clock_ignores_the_step_count_and_monitor_shows_the_budget(tmp_path, capsys, ticking_clock):
     from tdlib.cli.monitor import summarize
 
+    ticking_clock(0.1)
     out = tmp_path / "timed"
     assert main(["train", "--preset", "smoke", "--max-steps", "1", "--time-budget", "4", "--lr-over-time",
                  "--output-dir", str(out), "--quiet"]) == 0

@@ -348,7 +348,8 @@ def test_lr_over_time_warms_up_by_steps_then_decays_by_the_clock():
     assert lr_at(50, cfg, 10, elapsed_s=100.0) == 0.0 and lr_at(50, cfg, 10, elapsed_s=130.0) == 0.0
 
 
-def test_lr_over_time_ends_normally_at_the_budget_and_checkpoints_by_the_clock(tmp_path):
+def test_lr_over_time_ends_normally_at_the_budget_and_checkpoints_by_the_clock(tmp_path, ticking_clock):
+    ticking_clock(0.05)
     out = tmp_path / "timed"
     result = train(smoke(out, max_steps=10**6, eval_steps=10**6, save_steps=10**6, log_steps=1, warmup_steps=1,
                          time_budget_s=2.0, lr_over_time=True, save_at_s=(0.5,)), progress=False)
