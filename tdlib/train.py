@@ -286,12 +286,19 @@ def param_groups(model, weight_decay: float, head_lr_scale: float = 1.0) -> list
 
 
 @torch.no_grad()
-def init_output_bias(model, examples: Examples, tokenizer, smoothing: float = 0.5) -> bool:
+def init_output_bias(
+    model, examples: Examples, tokenizer, smoothing: float = 0.5, good_turing: bool = False
+) -> bool:
     """Set the LM head's output bias to the log unigram frequencies of the training tokens.
 
     A new head starts with logits near zero: a uniform guess over the whole
     vocabulary (ln V nats, about 10 for 30k tokens). With this bias its first
     guess is the unigram distribution, so training spends its steps on context.
+    Each count gets ``smoothing`` added, so tokens the text never holds are not
+    ruled out. With ``good_turing`` those tokens instead share, all together, the
+    Good-Turing estimate of an unseen token's probability, n1 / N (n1 tokens of
+    the text occur once, N in all; at least 1 / N): for a softmax that never
+    scores them (``head_vocab="train"``) this start is all they get.
     Returns False when the head has no output bias (GPT-2's, for one).
     """
     out = model.get_output_embeddings()
@@ -299,7 +306,12 @@ def init_output_bias(model, examples: Examples, tokenizer, smoothing: float = 0.
     if bias is None:
         return False
     ids = examples.input_ids[~protected_positions(examples.input_ids, tokenizer, examples.attention_mask)]
-    counts = torch.bincount(ids, minlength=bias.numel())[: bias.numel()].double() + smoothing
+    raw = torch.bincount(ids, minlength=bias.numel())[: bias.numel()].double()
+    counts = raw + smoothing
+    unseen = raw == 0
+    if good_turing and unseen.any():
+        share = max(int((raw == 1).sum()), 1) / raw.sum()  # n1 / N
+        counts[unseen] *= share * counts[~unseen].sum() / ((1 - share) * counts[unseen].sum())
     log_p = counts.log() - counts.sum().log()
     bias.copy_((log_p - log_p.mean()).to(bias.dtype))  # softmax ignores a shift; centred to stay small
     return True
@@ -499,7 +511,7 @@ def train(
 
     head_init = "random"  # recorded below: what was really done (GPT-2's head has no bias and no transform)
     if resume_from is None and config.head_init in ("unigram", "identity"):
-        if init_output_bias(model, train_examples, tokenizer):
+        if init_output_bias(model, train_examples, tokenizer, good_turing=config.head_vocab == "train"):
             head_init = "unigram"
         if config.head_init == "identity" and init_head_transform(model):
             head_init = "identity" if head_init == "unigram" else "identity transform"

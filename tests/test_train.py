@@ -269,6 +269,22 @@ def test_unigram_head_init_makes_the_first_guess_the_unigram_distribution(scratc
     assert int(bias.argmax()) == most and bias[tokenizer.mask_token_id] < bias[most] - 1
 
 
+def test_good_turing_head_init_gives_the_unseen_tokens_the_share_of_the_tokens_seen_once(scratch):
+    model, tokenizer = scratch
+    model = type(model)(model.config).eval()
+    lines = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
+    examples = make_examples(lines, tokenizer, 16, "lines")
+    assert init_output_bias(model, examples, tokenizer, good_turing=True)
+    p = torch.softmax(model.get_output_embeddings().bias.detach().double(), 0)
+    ids = examples.input_ids[examples.attention_mask.bool()]
+    counts = torch.bincount(ids[~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))],
+                            minlength=p.numel()).double()
+    n1, total = int((counts == 1).sum()), counts.sum()
+    assert n1 > 0 and p[counts == 0].sum().item() == pytest.approx((n1 / total).item(), rel=1e-5)
+    seen = counts > 0  # among the seen tokens the proportions stay those of the counts (+ 1/2)
+    assert torch.allclose(p[seen] / p[seen].sum(), (counts[seen] + 0.5) / (counts[seen] + 0.5).sum(), atol=1e-6)
+
+
 def test_identity_head_init_makes_the_head_read_the_body_through_the_embeddings(scratch):
     model, tokenizer = scratch
     model = type(model)(model.config).eval()
