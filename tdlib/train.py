@@ -285,6 +285,11 @@ def param_groups(model, weight_decay: float, head_lr_scale: float = 1.0) -> list
     return groups
 
 
+def content_ids(examples: Examples, tokenizer) -> torch.Tensor:
+    """The token ids (flat) at the positions training may mask and score: no special tokens, no padding."""
+    return examples.input_ids[~protected_positions(examples.input_ids, tokenizer, examples.attention_mask)]
+
+
 @torch.no_grad()
 def init_output_bias(
     model, examples: Examples, tokenizer, smoothing: float = 0.5, good_turing: bool = False
@@ -305,8 +310,7 @@ def init_output_bias(
     bias = getattr(out, "bias", None) if out is not None else None
     if bias is None:
         return False
-    ids = examples.input_ids[~protected_positions(examples.input_ids, tokenizer, examples.attention_mask)]
-    raw = torch.bincount(ids, minlength=bias.numel())[: bias.numel()].double()
+    raw = torch.bincount(content_ids(examples, tokenizer), minlength=bias.numel())[: bias.numel()].double()
     counts = raw + smoothing
     unseen = raw == 0
     if good_turing and unseen.any():
@@ -525,10 +529,10 @@ def train(
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
     vocab_ids = None  # the training softmax's columns: every token, or those the training text holds
     if not causal and config.head_vocab == "train":
-        ids, am = train_examples.input_ids, train_examples.attention_mask
-        vocab_ids = torch.unique(ids[~protected_positions(ids, tokenizer, am)])
+        vocab_ids = torch.unique(content_ids(train_examples, tokenizer))
     loss_module = CausalLoss(model) if causal else MaskedDiffusionLoss(model, config.loss_weighting, vocab_ids)
-    head_vocab = len(loss_module.vocab_ids) if getattr(loss_module, "transform", None) is not None else None
+    restricted = getattr(loss_module, "vocab_ids", None)  # registered only where the head could be split
+    head_vocab = None if restricted is None else len(restricted)
 
     start_step, resumed_s = 0, 0.0
     if resume_from is not None:
