@@ -55,7 +55,7 @@ def _child(part: str, args) -> dict[str, float]:
 
         def work():
             generate(model, tokenizer, num_samples=config.batch_size, max_length=config.max_length,
-                     steps=args.steps, seed=0, device="cpu")
+                     num_steps=args.steps, seed=0, device="cpu")
     else:
         examples = make_bench_examples(lines, tokenizer, config.max_length, config.example_mode)
         runner = TdlibRunner(part, model, tokenizer, examples, config, total_steps=10)

@@ -3,7 +3,7 @@
 For each unmasking strategy (random, confidence, margin, entropy, resample),
 each schedule (linear, cosine, exponential) and each step count, one
 `tdlib.sample.generate` call writes ``--num-samples`` texts with the same seed
-(`tdlib.metrics.quality_vs_steps`); each cell is scored by the model-free sample
+(`tdlib.sweep.quality_vs_steps`); each cell is scored by the model-free sample
 metrics (distinct-n, unigram entropy, repetition, self-BLEU) and, with
 ``--reference``, by generative perplexity under a causal LM (for example the
 autoregressive baseline, ``tdlib train --objective causal``). Step counts above
@@ -85,10 +85,11 @@ def human_texts(tokenizer, dataset: str, data_dir: str | None, count: int, max_l
 
 def main(argv: list[str] | None = None) -> int:
     from tdlib.causal import load_causal
-    from tdlib.metrics import generative_perplexity, quality_vs_steps, sample_metrics, steps_table
+    from tdlib.metrics import generative_perplexity, sample_metrics
     from tdlib.model import load_checkpoint, resolve_checkpoint, training_config
     from tdlib.plots import quality_vs_steps_figure, save_figure
     from tdlib.sample import SAMPLINGS, STRATEGIES
+    from tdlib.sweep import quality_vs_steps, steps_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="tdlib run directory or model directory")

@@ -108,7 +108,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"model: {name}, {params:.1f} M parameters, vocab {len(tokenizer)}; "
           f"canvas {args.max_length} tokens, {args.steps} steps, {args.threads} thread(s)")
-    options = dict(prefix="The class", max_length=args.max_length, steps=args.steps, seed=0)
+    options = dict(prefix="The class", max_length=args.max_length, num_steps=args.steps, seed=0)
     generate(model, tokenizer, **options)  # warm-up
 
     figures: dict[str, float] = {}

@@ -229,7 +229,7 @@ def quality_vs_steps_figure(
     metrics: Sequence[str] = ("generative_perplexity", "unigram_entropy"),
     human: dict[str, float] | None = None,
 ) -> Figure:
-    """One panel per metric of `tdlib.metrics.quality_vs_steps` rows against forward passes.
+    """One panel per metric of `tdlib.sweep.quality_vs_steps` rows against forward passes.
 
     x is the number of denoiser forward passes (log2 axis); each (strategy,
     schedule) is one line, coloured by strategy, dashed by schedule. Metrics not

@@ -46,7 +46,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -54,9 +55,11 @@ from tdlib.data import boundary_ids
 from tdlib.errors import check
 from tdlib.schedules import SCHEDULES, masked_counts
 
+if TYPE_CHECKING:
+    from tdlib.model import Denoiser
+
 STRATEGIES = ("random", "confidence", "margin", "entropy", "resample")
 SAMPLINGS = ("greedy", "topk", "nucleus")
-Denoiser = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -225,20 +228,30 @@ def _log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
 
-def _draw_from(logp: torch.Tensor, u: torch.Tensor | None, *, sampling: str, top_k: int, top_p: float) -> torch.Tensor:
-    """One token (N,) per row of ``logp`` (N, V), each row's draw a function of that row and its uniform ``u``."""
+def filter_log_probs(
+    logp: torch.Tensor, *, sampling: str, top_k: int, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens a draw picks from in each row of ``logp`` (N, V): (weights (N, K), ids (N, K)), 0 = dropped."""
     if sampling == "greedy":
-        return logp.argmax(-1)
+        return torch.ones_like(logp[:, :1]), logp.argmax(-1, keepdim=True)  # (N, 1) each
     if sampling == "topk":
-        top_logp, top_ids = _topk(logp, min(top_k, logp.shape[-1]))  # (N, k)
-        return top_ids.gather(1, _categorical(top_logp.exp(), u)[:, None])[:, 0]
+        top_logp, ids = _topk(logp, min(top_k, logp.shape[-1]))  # (N, k)
+        return top_logp.exp(), ids
     if top_p >= 1.0:
-        return _categorical(logp.exp(), u)
+        return logp.exp(), torch.arange(logp.shape[-1], device=logp.device).expand_as(logp)  # (N, V)
     probs, ids = _nucleus(logp, top_p)  # (N, K) each, most likely first
     # nucleus: keep a token while the mass before it is < p, so the token crossing p stays
     keep = probs.cumsum(-1) - probs < top_p
     keep[:, 0] = True
-    return ids.gather(1, _categorical(probs * keep, u)[:, None])[:, 0]
+    return probs * keep, ids
+
+
+def _draw_from(logp: torch.Tensor, u: torch.Tensor | None, *, sampling: str, top_k: int, top_p: float) -> torch.Tensor:
+    """One token (N,) per row of ``logp`` (N, V), each row's draw a function of that row and its uniform ``u``."""
+    weights, ids = filter_log_probs(logp, sampling=sampling, top_k=top_k, top_p=top_p)  # (N, K) each
+    if u is None:  # greedy: the most likely token
+        return ids[:, 0]
+    return ids.gather(1, _categorical(weights, u)[:, None])[:, 0]
 
 
 def _draw(
@@ -314,6 +327,137 @@ def _scores(strategy: str, logp: torch.Tensor) -> torch.Tensor:
     return -torch.special.entr(logp.exp()).sum(-1)
 
 
+@dataclass
+class _Model:
+    """One sampling run's view of the denoiser: log-probs at chosen canvas positions, and draws from them."""
+
+    denoiser: Denoiser
+    xt: torch.Tensor  # (B, L) the canvas; `sample` changes it in place
+    attention_mask: torch.Tensor | None
+    forbidden_ids: Sequence[int]
+    forbidden_at: dict[int, Sequence[int]] | None
+    temperature: float
+    sampling: str
+    top_k: int
+    top_p: float
+    generator: torch.Generator | None
+    forward_passes: int = 0
+    banned: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def noise(self) -> torch.Tensor:
+        """Uniforms (B, L) for choosing positions at random."""
+        return torch.rand(self.xt.shape, generator=self.generator, device=self.xt.device)
+
+    def log_probs(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One denoiser call: (rows, cols) of ``positions`` (B, L) and their log-probs (M, V) at T."""
+        self.forward_passes += 1
+        rows, cols = positions.nonzero(as_tuple=True)
+        if getattr(self.denoiser, "accepts_positions", False):  # logits at the given positions only
+            logits = self.denoiser(self.xt, self.attention_mask, positions=positions)  # (M, V)
+        else:
+            logits = self.denoiser(self.xt, self.attention_mask)  # (B, L, V)
+            logits = logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+        return rows, cols, _log_probs(self._ban(cols, logits), self.temperature)
+
+    def _ban(self, cols: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (M, V) at columns ``cols`` (M,), forbidden ids set to -inf in place."""
+        if not self.banned:  # built once the vocabulary size is known
+            device = self.xt.device
+            self.banned["all"] = torch.tensor(sorted(set(self.forbidden_ids)), dtype=torch.long, device=device)
+            self.banned["at"] = torch.zeros(self.xt.shape[1], logits.shape[-1], dtype=torch.bool, device=device)
+            for col, ids in (self.forbidden_at or {}).items():
+                self.banned["at"][col, list(ids)] = True  # (L, V)
+            self.banned["cols"] = self.banned["at"].any(-1)  # (L,) columns with extra bans
+        with torch.inference_mode():  # a model denoiser returns inference tensors; change them in place
+            logits.index_fill_(1, self.banned["all"], float("-inf"))  # (M, V)
+            extra = self.banned["cols"][cols].nonzero()[:, 0]  # rows of `logits` at columns with extra bans
+            if len(extra):
+                logits[extra] = logits[extra].masked_fill(self.banned["at"][cols[extra]], float("-inf"))
+        return logits
+
+    def drawer(self, logp: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """``draw(idx)``: tokens of rows ``idx`` of ``logp`` (all rows without ``idx``).
+
+        The uniforms of every row come from the generator now, so drawing only
+        some rows gives them the very tokens that drawing all would.
+        """
+        u = _uniforms(len(logp), self.sampling, self.generator, logp.device)
+        options = dict(sampling=self.sampling, top_k=self.top_k, top_p=self.top_p)
+
+        def draw(idx: torch.Tensor | None = None) -> torch.Tensor:
+            if idx is None:  # no copy of the whole (N, V)
+                return _draw_from(logp, u, **options)
+            return _draw_from(logp[idx], None if u is None else u[idx], **options)
+
+        return draw
+
+
+# A step of a strategy that keeps revealed tokens: (model, masked (B, L), count (B,)) ->
+# (revealed (B, L), rows (N,), cols (N,), tokens (N,), probability of each token (N,)).
+_Reveal = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _reveal_random(model: _Model, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+    """``random``: reveal a uniformly random subset, then draw only there."""
+    revealed = _top_per_row(model.noise(), masked, count)
+    rows, cols, logp = model.log_probs(revealed)
+    tokens = model.drawer(logp)()
+    return revealed, rows, cols, tokens, logp.gather(1, tokens[:, None])[:, 0].exp()
+
+
+def _reveal_confident(model: _Model, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+    """``confidence``: reveal the drawn tokens of highest probability, drawing only where one could win."""
+    rows, cols, logp = model.log_probs(masked)
+    revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, count, model.drawer(logp))
+    where = revealed[rows, cols].nonzero()[:, 0]
+    return revealed, rows[where], cols[where], tokens[where], p_token[where]
+
+
+def _reveal_by_score(strategy: str) -> Callable[[_Model, torch.Tensor, torch.Tensor], _Reveal]:
+    """``margin`` or ``entropy``: the score does not depend on the draw, so draw only where a token is revealed."""
+
+    def reveal(model: _Model, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+        rows, cols, logp = model.log_probs(masked)
+        draw = model.drawer(logp)
+        scores = torch.full(masked.shape, float("-inf"), dtype=logp.dtype, device=masked.device)  # (B, L)
+        scores[rows, cols] = _scores(strategy, logp)
+        revealed = _top_per_row(scores, masked, count)
+        where = revealed[rows, cols].nonzero()[:, 0]
+        tokens = draw(where)
+        return revealed, rows[where], cols[where], tokens, logp[where, tokens].exp()
+
+    return reveal
+
+
+_REVEAL = {"random": _reveal_random, "confidence": _reveal_confident,
+          "margin": _reveal_by_score("margin"), "entropy": _reveal_by_score("entropy")}
+
+
+def _resample_step(
+    model: _Model, probs: torch.Tensor, active: torch.Tensor, target: torch.Tensor, mask_id: int
+) -> torch.Tensor:
+    """``resample``: redraw every ``active`` position, then mask ``target`` (B,) of them again; returns revealed.
+
+    The re-masked subset does not depend on the draws, so it is picked first and
+    tokens are drawn only where they stay.
+    """
+    xt = model.xt
+    previous = xt.clone()
+    remask = _top_per_row(model.noise(), active, target)
+    rows, cols, logp = model.log_probs(active & ~remask)
+    tokens = model.drawer(logp)()
+    xt[rows, cols] = tokens
+    probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
+    xt[remask] = mask_id
+    probs[remask] = float("nan")
+    return (xt != previous) & (xt != mask_id)
+
+
+def _snapshot(*canvases: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """CPU copies of the canvases after a step (the sampler changes them in place)."""
+    return tuple(c.to("cpu", copy=True) for c in canvases)
+
+
 @torch.no_grad()
 def sample(
     denoiser: Denoiser,
@@ -340,120 +484,30 @@ def sample(
     are generated left to right (semi-autoregressive), the steps split evenly
     between blocks, each block following the schedule within its own steps.
     """
-    check_options(
-        num_steps=num_steps,
-        schedule=schedule,
-        strategy=strategy,
-        sampling=sampling,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-    )
+    check_options(num_steps=num_steps, schedule=schedule, strategy=strategy, sampling=sampling,
+                  temperature=temperature, top_k=top_k, top_p=top_p)
     start = time.perf_counter()
     xt = x_init.clone()  # (B, L)
     generated = xt == mask_id  # (B, L) positions the sampler writes
-    probs = torch.full(xt.shape, float("nan"), device=xt.device)  # (B, L)
-    steps_tokens = [xt.to("cpu", copy=True)]  # copies: xt and probs change in place
-    steps_revealed = [torch.zeros_like(generated, device="cpu")]
-    steps_probs = [probs.to("cpu", copy=True)]
-    banned: dict[str, torch.Tensor] = {}
-
-    forward_passes = 0
-    fast = getattr(denoiser, "accepts_positions", False)  # logits at the given positions only, (M, V)
-
-    def logits_at(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One denoiser call; (rows, cols) of ``positions`` and their logits (M, V), ours to change in place."""
-        nonlocal forward_passes
-        forward_passes += 1
-        rows, cols = positions.nonzero(as_tuple=True)
-        if fast:
-            return rows, cols, denoiser(xt, attention_mask, positions=positions)  # (M, V)
-        logits = denoiser(xt, attention_mask)  # (B, L, V)
-        return rows, cols, logits[rows, cols].to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
-
-    def log_probs_at(cols: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        """Log-probs (N, V) at T of ``chosen`` (N, V) at columns ``cols`` (N,), forbidden ids at -inf."""
-        if not banned:  # built once the vocabulary size is known
-            banned["all"] = torch.tensor(sorted(set(forbidden_ids)), dtype=torch.long, device=xt.device)
-            banned["at"] = torch.zeros(xt.shape[1], chosen.shape[-1], dtype=torch.bool, device=xt.device)
-            for col, ids in (forbidden_at or {}).items():
-                banned["at"][col, list(ids)] = True  # (L, V)
-            banned["cols"] = banned["at"].any(-1)  # (L,) columns with extra bans
-        with torch.inference_mode():  # a model denoiser returns inference tensors; change them in place
-            chosen.index_fill_(1, banned["all"], float("-inf"))  # (N, V)
-            extra = banned["cols"][cols].nonzero()[:, 0]  # rows of `chosen` at columns with extra bans
-            if len(extra):
-                chosen[extra] = chosen[extra].masked_fill(banned["at"][cols[extra]], float("-inf"))
-        return _log_probs(chosen, temperature)
-
-    def drawer(logp: torch.Tensor) -> Callable[..., torch.Tensor]:
-        """``draw(idx)``: tokens of rows ``idx`` of ``logp`` (all rows without ``idx``); uniforms for every row
-        come from the generator now, so drawing only some rows gives them the very tokens that drawing all would."""
-        u = _uniforms(len(logp), sampling, generator, logp.device)
-
-        def draw(idx: torch.Tensor | None = None) -> torch.Tensor:
-            if idx is None:  # no copy of the whole (N, V)
-                return _draw_from(logp, u, sampling=sampling, top_k=top_k, top_p=top_p)
-            return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=top_k, top_p=top_p)
-
-        return draw
-
+    probs = torch.full(xt.shape, float("nan"), device=xt.device)  # (B, L) probability of each shown token
+    model = _Model(denoiser, xt, attention_mask, forbidden_ids, forbidden_at, temperature, sampling, top_k,
+                   top_p, generator)
+    history = [_snapshot(xt, torch.zeros_like(generated), probs)]
     for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
         active = generated & block  # (B, L) generated positions of the current block
-        masked = active & (xt == mask_id)
         if strategy == "resample":
-            # redraw every generated position of the block, then mask a random subset again; the
-            # subset does not depend on the draws, so pick it first and draw only where tokens stay
-            previous = xt.clone()
-            noise = torch.rand(xt.shape, generator=generator, device=xt.device)
-            remask = _top_per_row(noise, active, target)
-            rows, cols, logits = logits_at(active & ~remask)
-            logp = log_probs_at(cols, logits)
-            tokens = drawer(logp)()
-            xt[rows, cols] = tokens
-            probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
-            xt[remask] = mask_id
-            probs[remask] = float("nan")
-            revealed = (xt != previous) & (xt != mask_id)
+            revealed = _resample_step(model, probs, active, target, mask_id)
         else:
-            count = masked.sum(1) - target  # (B,) tokens to reveal in each row
-            if strategy == "random":
-                noise = torch.rand(xt.shape, generator=generator, device=xt.device)
-                revealed = _top_per_row(noise, masked, count)
-                rows, cols, logits = logits_at(revealed)
-                logp = log_probs_at(cols, logits)
-                tokens = drawer(logp)()
-                p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # (N,)
-            else:
-                rows, cols, logits = logits_at(masked)
-                logp = log_probs_at(cols, logits)
-                draw = drawer(logp)
-                if strategy == "confidence":  # draws only where a token could be revealed
-                    revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, count, draw)
-                    where = revealed[rows, cols].nonzero()[:, 0]
-                    tokens, p_token = tokens[where], p_token[where]
-                else:  # the score does not depend on the draw: draw only where a token is revealed
-                    scores = torch.full(xt.shape, float("-inf"), dtype=logp.dtype, device=xt.device)
-                    scores[rows, cols] = _scores(strategy, logp)
-                    revealed = _top_per_row(scores, masked, count)
-                    where = revealed[rows, cols].nonzero()[:, 0]
-                    tokens = draw(where)
-                    p_token = logp[where, tokens].exp()
-                rows, cols = rows[where], cols[where]
+            masked = active & (xt == mask_id)  # (B, L)
+            # reveal as many as take the masked count down to the schedule's target
+            count = masked.sum(1) - target  # (B,)
+            revealed, rows, cols, tokens, p_token = _REVEAL[strategy](model, masked, count)
             xt[rows, cols] = tokens
             probs[rows, cols] = p_token.float()
-        steps_tokens.append(xt.to("cpu", copy=True))
-        steps_revealed.append(revealed.to("cpu", copy=True))
-        steps_probs.append(probs.to("cpu", copy=True))
-    return Trajectory(
-        tokens=torch.stack(steps_tokens),
-        revealed=torch.stack(steps_revealed),
-        probs=torch.stack(steps_probs),
-        mask_id=mask_id,
-        given=~generated.cpu(),
-        forward_passes=forward_passes,
-        seconds=time.perf_counter() - start,
-    )
+        history.append(_snapshot(xt, revealed, probs))
+    tokens, revealed, probs = (torch.stack(h) for h in zip(*history, strict=True))
+    return Trajectory(tokens=tokens, revealed=revealed, probs=probs, mask_id=mask_id, given=~generated.cpu(),
+                      forward_passes=model.forward_passes, seconds=time.perf_counter() - start)
 
 
 def continuation_ids(tokenizer) -> list[int]:
@@ -535,7 +589,7 @@ def generate(
     prefix: str = "",
     num_samples: int = 1,
     max_length: int = 64,
-    steps: int = 32,
+    num_steps: int = 32,
     schedule: str = "linear",
     strategy: str = "confidence",
     sampling: str = "topk",
@@ -556,15 +610,8 @@ def generate(
     ``model`` is a Hugging Face masked LM (moved to ``device`` when given) or any
     denoiser callable; ``seed=None`` draws a fresh seed.
     """
-    check_options(
-        num_steps=steps,
-        schedule=schedule,
-        strategy=strategy,
-        sampling=sampling,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-    )
+    check_options(num_steps=num_steps, schedule=schedule, strategy=strategy, sampling=sampling,
+                  temperature=temperature, top_k=top_k, top_p=top_p)
     check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
     denoiser, device = _denoiser_and_device(model, device)
@@ -587,7 +634,7 @@ def generate(
         denoiser,
         x_init,
         mask_id=mask_id,
-        num_steps=steps,
+        num_steps=num_steps,
         schedule=schedule,
         strategy=strategy,
         sampling=sampling,

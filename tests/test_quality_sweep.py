@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tdlib.errors import UserError
-from tdlib.metrics import quality_vs_steps, sample_metrics, steps_table
+from tdlib.metrics import sample_metrics
 from tdlib.plots import quality_vs_steps_figure
 from tdlib.sample import STRATEGIES
+from tdlib.sweep import quality_vs_steps, steps_table
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCHEDULES = ("linear", "cosine", "exponential")

@@ -51,7 +51,7 @@ def test_samples_match_the_recording(runs):
     model, tokenizer = load_checkpoint(runs / "smoke" / "final-model")
     for strategy in STRATEGIES:
         for sampling in SAMPLINGS:
-            texts, _ = generate(model, tokenizer, prefix="The value", num_samples=2, max_length=20, steps=6,
+            texts, _ = generate(model, tokenizer, prefix="The value", num_samples=2, max_length=20, num_steps=6,
                                 strategy=strategy, sampling=sampling, top_k=5, top_p=0.8, seed=7,
                                 schedule="cosine")
             assert texts == RECORDED["samples"][f"{strategy}-{sampling}"], (strategy, sampling)

@@ -383,7 +383,7 @@ def test_generated_text_starts_with_the_prefix_and_a_space(kind, wordpiece, bpe_
     tokenizer = {"wordpiece": wordpiece, "bpe": bpe_tokenizer}.get(kind) or request.getfixturevalue("minilm_tokenizer")
     prefix = "The cat"
     texts, traj = generate(glue_loving_denoiser(tokenizer), tokenizer, prefix=prefix, num_samples=8,
-                           max_length=12, steps=4, sampling="topk", top_k=50, seed=0)
+                           max_length=12, num_steps=4, sampling="topk", top_k=50, seed=0)
     assert len(texts) == 8 and traj.forward_passes == 4
     for text in texts:
         assert text.startswith(prefix + " ") and not text[len(prefix) + 1:].startswith(" ")
@@ -400,7 +400,7 @@ def test_generated_text_starts_with_the_prefix_and_a_space(kind, wordpiece, bpe_
 def test_infilling_fills_each_mask_token(kind, wordpiece, bpe_tokenizer):
     tokenizer = wordpiece if kind == "wordpiece" else bpe_tokenizer
     text = f"the cat {tokenizer.mask_token} on the {tokenizer.mask_token}"
-    texts, traj = generate(glue_loving_denoiser(tokenizer), tokenizer, prefix=text, num_samples=2, steps=2, seed=0)
+    texts, traj = generate(glue_loving_denoiser(tokenizer), tokenizer, prefix=text, num_samples=2, num_steps=2, seed=0)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert traj.tokens.shape[-1] == len(ids) + 2
     assert (traj.tokens[0] == tokenizer.mask_token_id).sum(-1).tolist() == [2, 2]
@@ -411,7 +411,7 @@ def test_infilling_fills_each_mask_token(kind, wordpiece, bpe_tokenizer):
 
 def test_generate_with_a_real_masked_lm_is_reproducible(scratch):
     model, tokenizer = scratch
-    options = dict(prefix="The return statement", num_samples=2, max_length=16, steps=4, seed=5)
+    options = dict(prefix="The return statement", num_samples=2, max_length=16, num_steps=4, seed=5)
     texts, traj = generate(model, tokenizer, **options)
     again, _ = generate(model, tokenizer, **options)
     assert texts == again and traj.forward_passes == 4

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         num_samples=args.num_samples,
         max_length=args.max_length,
-        steps=args.steps,
+        num_steps=args.steps,
         schedule=args.schedule,
         strategy=args.strategy,
         sampling=args.sampling,

@@ -1,0 +1,165 @@
+"""The sampling sweep: how sample quality moves with the number of steps.
+
+`quality_vs_steps` runs the sampler (`tdlib.sample.generate`) over a grid of
+strategies, schedules and step counts, with the same seed in every cell, and
+scores each cell with the text metrics of `tdlib.metrics`; `steps_table` prints
+the rows as Markdown and `tdlib.plots.quality_vs_steps_figure` draws them.
+
+This module neither defines metrics nor draws figures; it runs the grid.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from tdlib.errors import UserError, check
+from tdlib.metrics import generative_perplexity, sample_metrics
+from tdlib.sample import STRATEGIES, build_canvas, check_options, generate
+
+# What each metric of a steps sweep means, for tables (the figures in `tdlib.plots` say the same).
+STEP_METRIC_NOTES = {
+    "generative_perplexity": "perplexity under the causal reference; lower = more fluent, but also lower for dull, repetitive text",
+    "unigram_entropy": "entropy of the pooled word distribution, bits; higher = more varied words",
+    "distinct_1": "distinct words / all words; higher = more diverse",
+    "distinct_2": "distinct bigrams / all bigrams; higher = more diverse",
+    "distinct_3": "distinct trigrams / all trigrams; higher = more diverse",
+    "repetition_rate_4": "share of 4-grams repeating an earlier one in the same sample; lower = fewer loops",
+    "self_bleu": "BLEU of each sample against the others; lower = samples less alike",
+    "mean_words": "words per sample",
+    "seconds": "sampling time of the cell (all samples), seconds",
+}
+
+
+def _generated_positions(tokenizer: Any, prefix: str, max_length: int) -> int:
+    """How many canvas positions `tdlib.sample.generate` will write for this prefix and length."""
+    canvas, _ = build_canvas(tokenizer, prefix, max_length)
+    return sum(i == tokenizer.mask_token_id for i in canvas)
+
+
+def _reference_limit(model: Any) -> int:
+    """Longest input the causal reference takes (GPT-2's n_positions), else 1024."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+
+
+def quality_vs_steps(
+    model: Any,
+    tokenizer: Any,
+    *,
+    steps: Sequence[int] = (4, 8, 16, 32, 64),
+    strategies: Sequence[str] = STRATEGIES,
+    schedules: Sequence[str] = ("linear", "cosine", "exponential"),
+    num_samples: int = 8,
+    max_length: int = 64,
+    prefix: str = "",
+    sampling: str = "nucleus",
+    top_k: int = 50,
+    top_p: float = 0.9,
+    temperature: float = 1.0,
+    seed: int = 0,
+    reference: tuple[Any, Any] | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Sample metrics for every (strategy, schedule, steps) cell: how quality moves with forward passes.
+
+    Each cell is one `tdlib.sample.generate` call of ``num_samples`` texts with
+    ``steps`` denoiser forward passes, the same ``seed`` and every other setting
+    equal, so cells differ only by strategy, schedule and steps. A row holds
+    ``strategy``, ``schedule``, ``steps``, ``forward_passes``, ``seconds`` (the
+    sampler's time), ``texts``, the keys of `sample_metrics` and, when
+    ``reference=(causal_model, causal_tokenizer)`` is given,
+    ``generative_perplexity`` (nan if no text has a token to score).
+
+    Steps are clipped to the number of generated positions n (``max_length`` - 2
+    - prefix tokens, or the mask tokens of an infilling prefix): beyond one token
+    per step the extra steps reveal nothing yet still cost a forward pass. The
+    clipped values are deduplicated and sorted, so ``steps=(4, 64)`` with n = 30
+    sweeps 4 and 30. Rows come strategy by strategy, then schedule, then steps.
+    ``progress`` shows a bar on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    check(bool(steps) and all(s >= 1 for s in steps), f"steps must be a non-empty list of values >= 1, got {steps}")
+    check(bool(strategies) and bool(schedules), "give at least one strategy and one schedule")
+    for strategy in strategies:
+        for schedule in schedules:
+            check_options(num_steps=min(steps), schedule=schedule, strategy=strategy, sampling=sampling,
+                          temperature=temperature, top_k=top_k, top_p=top_p)
+    positions = _generated_positions(tokenizer, prefix, max_length)
+    sweep = sorted({min(s, max(positions, 1)) for s in steps})
+    cells = [(st, sc, s) for st in strategies for sc in schedules for s in sweep]
+    rows = []
+    with tqdm(total=len(cells), desc="quality vs steps", disable=not progress, file=sys.stderr) as bar:
+        for strategy, schedule, num_steps in cells:
+            bar.set_postfix_str(f"{strategy} {schedule} {num_steps}")
+            texts, trajectory = generate(
+                model, tokenizer, prefix=prefix, num_samples=num_samples, max_length=max_length, num_steps=num_steps,
+                schedule=schedule, strategy=strategy, sampling=sampling, temperature=temperature, top_k=top_k,
+                top_p=top_p, seed=seed,
+            )
+            row = {
+                "strategy": strategy,
+                "schedule": schedule,
+                "steps": num_steps,
+                "forward_passes": trajectory.forward_passes,
+                "seconds": trajectory.seconds,
+                **sample_metrics(texts),
+            }
+            if reference is not None:
+                ref_model, ref_tokenizer = reference
+                try:
+                    row["generative_perplexity"] = generative_perplexity(
+                        texts, ref_model, ref_tokenizer, max_length=_reference_limit(ref_model)
+                    )
+                except UserError:  # no text has a token to score
+                    row["generative_perplexity"] = math.nan
+            row["texts"] = texts
+            rows.append(row)
+            bar.update()
+    return rows
+
+
+def _cell(value: Any) -> str:
+    """A table cell: 4 significant digits, but no exponent for large numbers (perplexities)."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.0f}" if math.isfinite(value) and abs(value) >= 1000 else f"{value:.4g}"
+
+
+def steps_table(
+    rows: Sequence[dict],
+    metrics: Sequence[str] = (
+        "generative_perplexity", "unigram_entropy", "distinct_2", "repetition_rate_4", "self_bleu", "seconds",
+    ),
+) -> str:
+    """Markdown tables of `quality_vs_steps` rows: one per metric, strategy x schedule down, steps across.
+
+    Each metric present in the rows gets a bold heading with what it means
+    (`STEP_METRIC_NOTES`), then a table with one line per (strategy, schedule)
+    and one column per number of steps (= forward passes), so a line reads as
+    that setting's curve. Metrics absent from every row are left out (e.g.
+    generative perplexity without a reference); a missing cell shows as "-".
+    """
+    sweep = sorted({r["steps"] for r in rows})
+    settings = list(dict.fromkeys((r["strategy"], r["schedule"]) for r in rows))
+    by_cell = {(r["strategy"], r["schedule"], r["steps"]): r for r in rows}
+    parts = []
+    for metric in metrics:
+        if not any(metric in r for r in rows):
+            continue
+        note = STEP_METRIC_NOTES.get(metric, "")
+        lines = [
+            f"**{metric}**: " + (f"{note}. " if note else "") + "Columns: steps (= forward passes).",
+            "",
+            "| strategy | schedule | " + " | ".join(str(s) for s in sweep) + " |",
+            "|---|---|" + "---:|" * len(sweep),
+        ]
+        for strategy, schedule in settings:
+            values = [_cell(by_cell[strategy, schedule, s][metric]) if metric in by_cell.get((strategy, schedule, s), {})
+                      else "-" for s in sweep]
+            lines.append(f"| {strategy} | {schedule} | " + " | ".join(values) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
