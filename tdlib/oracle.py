@@ -163,11 +163,10 @@ class HiddenMarkovModel:
         mask_col = torch.full((*xt.shape, 1), float("-inf"), dtype=torch.float64)
         return torch.cat([logits, mask_col], dim=-1)  # (B, L, V + 1)
 
-    def possible(self, x: torch.Tensor, final: torch.Tensor | None = None) -> torch.Tensor:
+    def possible(self, x: torch.Tensor) -> torch.Tensor:
         """Whether p(x) > 0 for each row of x (B, L), exactly: a forward pass on booleans, shape (B,).
 
-        ``mask_id`` positions may hold any token. With ``final`` (S,) bool, the
-        last state must also be one of those.
+        ``mask_id`` positions may hold any token; there is no end constraint.
         """
         allowed = self.evidence(x) > 0  # (B, L, S) states that can show position i
         step = (self.transition > 0).double()  # (S, S) 0/1; products of 0/1 sums stay exact integers
@@ -176,8 +175,6 @@ class HiddenMarkovModel:
         for i in range(1, x.shape[1]):
             # reach_i = {s : some r in reach_{i-1} has A(r, s) > 0, and e_i(s) > 0}
             reach = ((reach.double() @ step) > 0) & allowed[:, i]  # (B, S)
-        if final is not None:
-            reach = reach & final
         return reach.any(-1)
 
     # ---- long-run quantities -------------------------------------------------------------

@@ -84,6 +84,18 @@ def test_denoiser_matches_enumerated_conditionals(hidden):
             assert torch.allclose(marg[b, i], brute, atol=1e-12), (b, i)
 
 
+def test_sampled_states_explain_the_tokens():
+    hmm = sparse_hmm(4)
+    x, z = hmm.sample(500, 6, torch.Generator().manual_seed(1), return_states=True)  # (500, 6) each
+    assert (hmm.initial[z[:, 0]] > 0).all()
+    assert (hmm.transition[z[:, :-1], z[:, 1:]] > 0).all() and (hmm.emission[z, x] > 0).all()
+    assert hmm.possible(x).all()
+    # the first token's frequencies match p(x_1) = sum_s pi(s) E(s, v)
+    p1 = hmm.initial @ hmm.emission
+    freq = torch.bincount(x[:, 0], minlength=hmm.vocab_size).double() / len(x)
+    assert (freq - p1).abs().max() < 4 * math.sqrt(0.25 / len(x))
+
+
 def test_markov_chain_is_the_one_word_per_state_hmm():
     chain = MarkovChain.random(num_states=3, seed=4)
     hmm = HiddenMarkovModel(chain.initial, chain.transition, torch.eye(3))
@@ -283,6 +295,7 @@ def test_sampler_with_the_exact_denoiser_reproduces_the_language(lang, tokenizer
                  top_p=1.0, temperature=1.0, forbidden_ids=tokenizer.all_special_ids,
                  generator=torch.Generator().manual_seed(0))
     final = out.final  # (num, n + 2)
+    assert out.num_steps == n and (out.revealed[1:].sum(-1) == 1).all()  # one token per step and row
     assert not (final == lang.mask_id).any()
     assert lang.grammatical_share(list(final))["share"] == 1.0
     # mean exact NLL per token: the sampler's draws against the language's own
