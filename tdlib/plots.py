@@ -19,9 +19,8 @@ from pathlib import Path
 from matplotlib import cm, colors
 from matplotlib.figure import Figure
 
+from tdlib.checkpoint import METRICS_FILE
 from tdlib.errors import UserError, check
-
-METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -44,6 +43,11 @@ def read_metrics(path: str | Path) -> list[dict]:
                 f"{path}:{number} is not valid JSON ({err.msg}); fix or remove that line"
             ) from err
     return records
+
+
+def run_figure(run_dir: str | Path, *, log_scale: bool = False) -> Figure:
+    """Training loss and eval loss by mask ratio of a run directory (or its metrics file)."""
+    return run_summary_figure(read_metrics(run_dir), log_scale=log_scale)
 
 
 def eval_records(records: Iterable[dict]) -> list[dict]:

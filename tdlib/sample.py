@@ -24,7 +24,7 @@ generated and runs exactly ``num_steps`` denoiser calls. At each step it
    - ``confidence``: the highest probability of the drawn token;
    - ``margin``: the largest top-1 minus top-2 probability;
    - ``entropy``: the lowest entropy of the position's distribution;
-   - ``resample`` (the seed's method): every generated position is redrawn, then
+   - ``resample`` (the original experiment's method): every generated position is redrawn, then
      a random subset of the scheduled size is masked again.
 
    Revealed tokens stay fixed in every strategy but ``resample``.
@@ -36,9 +36,10 @@ Draws are exact inverse-CDF draws in float64 (one uniform per position, from an
 explicit generator; no Gumbel noise), so the same generator seed gives the same
 output.
 
-`generate` is the high-level entry: tokenizer, canvas, sampling, text. This module
-does not load models or render anything; `tdlib.widgets` and the CLI render the
-`Trajectory` it returns.
+`generate` is the high-level entry: tokenizer, canvas, sampling, text.
+`filter_log_probs` is the one top-k/nucleus filter; the sampling explorer shows
+it (`tdlib.render.kept_distribution`). This module does not load models or
+render anything; `tdlib.render` draws the `Trajectory` it returns.
 """
 
 from __future__ import annotations

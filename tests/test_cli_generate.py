@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tdlib.cli import main
+from tdlib.render import MASK_GLYPH
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +53,31 @@ def test_show_steps_prints_every_step_with_masks(checkpoint, scratch, capsys):
     ]
     lines = out.splitlines()
     num_masks = 8 - len(scratch[1]("Hello", add_special_tokens=False)["input_ids"])
-    assert lines[1] == "Hello " + " ".join(["_"] * num_masks)  # step 0: prefix and masks
-    assert "_" not in lines[lines.index("--- final") + 1]
+    assert lines[1] == "Hello " + " ".join([MASK_GLYPH] * num_masks)  # step 0: prefix and masks
+    assert MASK_GLYPH not in lines[lines.index("--- final") + 1]
+
+
+def test_terminal_and_html_draw_a_mask_with_the_same_glyph(checkpoint, capsys, tmp_path):
+    page = tmp_path / "steps.html"
+    code, out, err = run_cli(capsys, "--checkpoint", checkpoint, "--max-length", "10", "--steps", "2",
+                             "--show-steps", "--animation", str(page))
+    assert code == 0, err
+    assert set(out.splitlines()[1].split()) == {MASK_GLYPH}  # step 0, no prefix: every position masked
+    line = next(x for x in page.read_text().splitlines() if x.startswith("const frames = "))
+    frames = json.loads(line.removeprefix("const frames = ").rstrip(";"))
+    assert f'title="masked">{MASK_GLYPH}</span>' in frames[0]  # drawn by the widgets' renderer
+
+
+def test_generate_imports_no_jupyter_code(checkpoint, tmp_path):
+    code = (
+        "import sys\n"
+        "from tdlib.cli import main\n"
+        f"main(['generate', '--checkpoint', {checkpoint!r}, '--max-length', '10', '--steps', '2', '--show-steps',"
+        f" '--animation', {str(tmp_path / 'a.html')!r}])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ipywidgets', 'IPython') or m == 'tdlib.widgets'))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("suffix", [".html", ".gif"])

@@ -1,4 +1,4 @@
-"""Tests for tdlib.widgets: pure HTML renderers and widget shells, no browser."""
+"""Tests for tdlib.render (pure HTML renderers) and tdlib.widgets (the shells on top), no browser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tdlib import widgets
+from tdlib import plots, render, widgets
 from tdlib.errors import UserError
 
 WORDS = [
@@ -126,10 +126,10 @@ def trajectory(tokenizer):
 
 def test_display_words_wordpiece():
     pieces = ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]", "[PAD]"]
-    assert widgets.display_words(pieces) == ["the", "cats", "sat."]
-    assert widgets.display_words(["[CLS]", "the", "[MASK]", "##s"]) == ["the", "[MASK]s"]
+    assert render.display_words(pieces) == ["the", "cats", "sat."]
+    assert render.display_words(["[CLS]", "the", "[MASK]", "##s"]) == ["the", "[MASK]s"]
     pieces = ["fox", "'", "s", "isn", "'", "t", "<", "simple", ">", ",", "(", "a", ")"]
-    assert widgets.display_words(pieces, style="wordpiece") == [
+    assert render.display_words(pieces, style="wordpiece") == [
         "fox's",
         "isn't",
         "<simple>,",
@@ -139,14 +139,14 @@ def test_display_words_wordpiece():
 
 def test_display_words_byte_level_bpe():
     pieces = ["<s>", "The", "Ġcat", "s", "Ġsat", "ĠcafÃ©", "Ġ<", "b", ">", "</s>", "<pad>"]
-    assert widgets.display_words(pieces) == ["The", "cats", "sat", "café", "<b>"]
-    assert widgets.display_words(["ĠThe", "Ġ", "qu", "ick", "Ċ", "Ġx"]) == ["The", "quick↵", "x"]
+    assert render.display_words(pieces) == ["The", "cats", "sat", "café", "<b>"]
+    assert render.display_words(["ĠThe", "Ġ", "qu", "ick", "Ċ", "Ġx"]) == ["The", "quick↵", "x"]
 
 
 def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
-    assert widgets.tokenizer_style(tokenizer) == "wordpiece"
-    assert widgets.tokenizer_style(bpe_tokenizer) == "bpe"
-    bpe = widgets.token_pieces(
+    assert render.tokenizer_style(tokenizer) == "wordpiece"
+    assert render.tokenizer_style(bpe_tokenizer) == "bpe"
+    bpe = render.token_pieces(
         bpe_tokenizer, bpe_tokenizer.convert_tokens_to_ids(["<s>", "The", "s", "<mask>"])
     )
     assert [(p.text, p.joins, p.hidden) for p in bpe] == [
@@ -155,7 +155,7 @@ def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
         ("s", True, False),
         ("<mask>", False, False),
     ]
-    wp = widgets.token_pieces(tokenizer, ids(tokenizer, "[CLS] cat ##s [MASK]"))
+    wp = render.token_pieces(tokenizer, ids(tokenizer, "[CLS] cat ##s [MASK]"))
     assert [p.hidden for p in wp] == [True, False, False, False]  # the mask is never hidden
 
 
@@ -165,7 +165,7 @@ def test_token_pieces_with_a_fake_tokenizer():
         all_special_ids=[0, 2],
         mask_token_id=None,
     )
-    assert [p.text for p in widgets.token_pieces(fake, [0, 1, 2]) if not p.hidden] == ["hi"]
+    assert [p.text for p in render.token_pieces(fake, [0, 1, 2]) if not p.hidden] == ["hi"]
 
 
 # ---------------------------------------------------------------- step renderer
@@ -180,7 +180,7 @@ def spans(html: str, cls: str) -> list[str]:
 
 
 def test_step_zero_is_all_masks_except_given(trajectory, tokenizer):
-    html = widgets.render_step_html(trajectory, 0, tokenizer, sample=0)
+    html = render.render_step_html(trajectory, 0, tokenizer, sample=0)
     assert spans(html, "td-given") == ["the"]
     assert len(spans(html, "td-mask")) == 6
     assert spans(html, "td-new") == [] and spans(html, "td-old") == []
@@ -189,44 +189,44 @@ def test_step_zero_is_all_masks_except_given(trajectory, tokenizer):
 
 
 def test_revealed_at_step_are_marked_and_earlier_are_plain(trajectory, tokenizer):
-    html = widgets.render_step_html(trajectory, 2, tokenizer, sample=0)
+    html = render.render_step_html(trajectory, 2, tokenizer, sample=0)
     assert spans(html, "td-new") == ["cat", "on"]
     assert spans(html, "td-old") == ["sat", "mat"]
     assert len(spans(html, "td-mask")) == 2
     assert 'title="p=0.90"' in html and "rgba(255,150,30,0.92)" in html  # shaded by probability
-    html = widgets.render_step_html(trajectory, 3, tokenizer, sample=0)
+    html = render.render_step_html(trajectory, 3, tokenizer, sample=0)
     assert spans(html, "td-new") == ["s", "."]  # '##s' is shown without its '##'
     assert "cat</span><span" in html  # ... and glued onto 'cat'
 
 
 def test_all_samples_when_sample_is_none(trajectory, tokenizer):
-    html = widgets.render_step_html(trajectory, 3, tokenizer)
+    html = render.render_step_html(trajectory, 3, tokenizer)
     assert html.count('class="td-sample"') == 2
     assert spans(html, "td-new") == ["s", ".", "on", "mat"]  # sample 0 then sample 1
     assert "sample 1" in html and "showing" not in html
-    assert "showing 1 of 2 samples" in widgets.render_step_html(
+    assert "showing 1 of 2 samples" in render.render_step_html(
         trajectory, 3, tokenizer, max_samples=1
     )
 
 
 def test_html_is_escaped(tokenizer):
     traj = make_trajectory(tokenizer, ["[CLS] the <b> [SEP]"], [[[2]]], given=[1])
-    html = widgets.render_step_html(traj, 1, tokenizer)
+    html = render.render_step_html(traj, 1, tokenizer)
     assert spans(html, "td-new") == ["&lt;b&gt;"]
     assert "<b>" not in html
-    assert "&lt;b&gt;" in widgets.render_final_html(traj, tokenizer)
+    assert "&lt;b&gt;" in render.render_final_html(traj, tokenizer)
 
 
 def test_step_out_of_range(trajectory, tokenizer):
     with pytest.raises(UserError, match="outside 0..3"):
-        widgets.render_step_html(trajectory, 4, tokenizer)
+        render.render_step_html(trajectory, 4, tokenizer)
     with pytest.raises(UserError, match="out of range"):
-        widgets.render_step_html(trajectory, 0, tokenizer, sample=5)
+        render.render_step_html(trajectory, 0, tokenizer, sample=5)
 
 
 def test_render_final_shades_by_reveal_step(trajectory, tokenizer):
-    assert widgets.reveal_steps(trajectory)[0].tolist() == [0, 0, 2, 3, 1, 2, 1, 3, 0]
-    html = widgets.render_final_html(trajectory, tokenizer, sample=0)
+    assert render.reveal_steps(trajectory)[0].tolist() == [0, 0, 2, 3, 1, 2, 1, 3, 0]
+    html = render.render_final_html(trajectory, tokenizer, sample=0)
     assert spans(html, "td-final") == ["cat", "s", "sat", "on", "mat", "."]
     assert 'title="revealed at step 1, p=0.90"' in html
     assert spans(html, "td-given") == ["the"]
@@ -235,7 +235,7 @@ def test_render_final_shades_by_reveal_step(trajectory, tokenizer):
 
 def test_renders_a_bpe_trajectory(bpe_tokenizer):
     traj = make_trajectory(bpe_tokenizer, ["<s> The Ġcat s Ġsat </s>"], [[[2, 3], [4]]], given=[1])
-    html = widgets.render_step_html(traj, 1, bpe_tokenizer)
+    html = render.render_step_html(traj, 1, bpe_tokenizer)
     assert spans(html, "td-new") == ["cat", "s"]
     assert "Ġ" not in html and "&lt;s&gt;" not in html
 
@@ -247,12 +247,12 @@ def test_scrubber_slider_updates_html(trajectory, tokenizer):
     scrubber = widgets.DenoisingScrubber(trajectory, tokenizer, sample=0)
     assert scrubber.slider.max == scrubber.play.max == 3
     start = scrubber.html.value
-    assert start == widgets.render_step_html(trajectory, 0, tokenizer, sample=0)
+    assert start == render.render_step_html(trajectory, 0, tokenizer, sample=0)
     scrubber.slider.value = 2
-    assert scrubber.html.value == widgets.render_step_html(trajectory, 2, tokenizer, sample=0)
+    assert scrubber.html.value == render.render_step_html(trajectory, 2, tokenizer, sample=0)
     scrubber.set_step(3)
     assert scrubber.step == 3 and "step 3 / 3" in scrubber.html.value
-    assert scrubber.final_html == widgets.render_final_html(trajectory, tokenizer, sample=0)
+    assert scrubber.final_html == render.render_final_html(trajectory, tokenizer, sample=0)
     assert scrubber.widget.children[1] is scrubber.html
 
 
@@ -280,11 +280,11 @@ def test_live_loss_view_redraws_on_eval(tmp_path):
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in view.records))
     assert widgets.LiveLossView.from_run(tmp_path).records == view.records
-    assert len(widgets.show_run(tmp_path).axes) == 3
+    assert len(plots.run_figure(tmp_path).axes) == 3
 
 
 def test_schedule_table_and_explorer():
-    html = widgets.schedule_table_html("linear", 4, 8)
+    html = render.schedule_table_html("linear", 4, 8)
     assert html.count("<tr class='td-step'>") == 5
     assert (
         "<td style='padding:0 8px;text-align:right;'>2</td>" in html
@@ -292,7 +292,7 @@ def test_schedule_table_and_explorer():
     explorer = widgets.ScheduleExplorer(schedule="linear", num_steps=4, num_masked=8)
     assert explorer.table.value == html and explorer.image.value[:4] == b"\x89PNG"
     explorer.num_steps.value = 8
-    assert explorer.table.value == widgets.schedule_table_html("linear", 8, 8)
+    assert explorer.table.value == render.schedule_table_html("linear", 8, 8)
     explorer.schedule.value = "cosine"
     assert "cosine: 8 masked tokens, 8 steps" in explorer.table.value
 
@@ -302,10 +302,10 @@ def test_schedule_table_and_explorer():
 
 def test_kept_distribution_nucleus_keeps_the_crossing_token():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    kept_p, kept = widgets.kept_distribution(probs.log(), top_p=0.7)
+    kept_p, kept = render.kept_distribution(probs.log(), top_p=0.7)
     assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
     assert kept_p.tolist() == pytest.approx([0.625, 0.375, 0, 0])
-    assert widgets.kept_distribution(probs.log(), top_p=0.5)[1].tolist() == [
+    assert render.kept_distribution(probs.log(), top_p=0.5)[1].tolist() == [
         True,
         False,
         False,
@@ -315,19 +315,19 @@ def test_kept_distribution_nucleus_keeps_the_crossing_token():
 
 def test_kept_distribution_top_k_temperature_greedy():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    assert widgets.kept_distribution(logits, top_k=2)[1].tolist() == [True, True, False, False]
-    assert widgets.kept_distribution(logits, top_k=0)[1].all()
-    hot, _ = widgets.kept_distribution(logits, temperature=10.0)
-    cold, _ = widgets.kept_distribution(logits, temperature=0.1)
+    assert render.kept_distribution(logits, top_k=2)[1].tolist() == [True, True, False, False]
+    assert render.kept_distribution(logits, top_k=0)[1].all()
+    hot, _ = render.kept_distribution(logits, temperature=10.0)
+    cold, _ = render.kept_distribution(logits, temperature=0.1)
     assert hot.max() < torch.softmax(logits.double(), -1).max() < cold.max()
-    greedy, kept = widgets.kept_distribution(logits, temperature=0.0)
+    greedy, kept = render.kept_distribution(logits, temperature=0.0)
     assert kept.tolist() == [True, False, False, False] and greedy[0] == 1.0
-    assert widgets.kept_distribution(logits, top_k=3, top_p=0.5)[1].sum() == 1  # top-k, then top-p
+    assert render.kept_distribution(logits, top_k=3, top_p=0.5)[1].sum() == 1  # top-k, then top-p
 
 
 def test_kept_distribution_is_batched():
     logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
-    assert widgets.kept_distribution(logits, top_k=1)[1].tolist() == [
+    assert render.kept_distribution(logits, top_k=1)[1].tolist() == [
         [False, False, True],
         [True, False, False],
     ]
@@ -344,8 +344,8 @@ def test_kept_set_matches_the_sampler_draws():
         ("nucleus", 50, 0.9),
         ("greedy", 1, 1.0),
     ]:
-        settings = widgets.sampler_settings(sampling, 0.8, top_k, top_p)
-        _, kept = widgets.kept_distribution(logits[0], **settings)
+        settings = render.sampler_settings(sampling, 0.8, top_k, top_p)
+        _, kept = render.kept_distribution(logits[0], **settings)
         drawn, _ = _draw(
             logits,
             sampling=sampling,
@@ -360,7 +360,7 @@ def test_kept_set_matches_the_sampler_draws():
 def test_sampling_table_and_explorer(tokenizer):
     probs = torch.zeros(len(WORDS))
     probs[[5, 6, 12, 13]] = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    html = widgets.sampling_table_html(
+    html = render.sampling_table_html(
         probs.clamp_min(1e-12).log(), tokenizer, top_p=0.7, num_candidates=4
     )
     assert html.count("class='td-kept'") == 2 and html.count("class='td-dropped'") == 2
@@ -380,7 +380,7 @@ def test_sampling_table_and_explorer(tokenizer):
     explorer.sampling.value = "greedy"
     assert explorer.html.value.count("class='td-kept'") == 1 and "(greedy)" in explorer.html.value
     with pytest.raises(UserError, match="unknown sampling"):
-        widgets.sampler_settings("beam", 1.0, 1, 1.0)
+        render.sampler_settings("beam", 1.0, 1, 1.0)
 
 
 def test_renders_a_trajectory_recorded_by_the_sampler(tokenizer):
@@ -442,7 +442,7 @@ def test_masking_explorer(tokenizer):
 
 def test_render_tokens_html(tokenizer):
     row = ids(tokenizer, "[CLS] the cat ##s [SEP]")
-    html = widgets.render_tokens_html(
+    html = render.render_tokens_html(
         row, tokenizer, masked=[0, 0, 1, 0, 0], protected=[1, 1, 0, 0, 1]
     )
     assert spans(html, "td-given") == ["the"] and spans(html, "td-old") == ["s"]
