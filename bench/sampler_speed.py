@@ -89,6 +89,7 @@ def loop_sampler(model, tokenizer, x_init: torch.Tensor, steps: int, top_k: int,
 
 
 def main() -> None:
+    """Measure the sampler and print one `name: value` line per figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--max-length", type=int, default=64)

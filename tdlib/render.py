@@ -34,6 +34,7 @@ import textwrap
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +42,11 @@ import torch
 from tdlib.errors import check
 from tdlib.sample import SAMPLINGS, filter_log_probs
 from tdlib.schedules import masked_counts
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tdlib.sample import Trajectory
 
 MASK_GLYPH = "\u25af"  # ▯ a still-masked position, in the terminal, animations and widgets alike
 HIDDEN_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
@@ -144,7 +150,7 @@ def display_words(
     return words
 
 
-def tokenizer_style(tokenizer) -> str:
+def tokenizer_style(tokenizer: PreTrainedTokenizerBase) -> str:
     """'bpe' for a byte-level BPE tokenizer, 'wordpiece' for WordPiece, else 'auto'."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = repr(getattr(backend, "decoder", None))
@@ -164,7 +170,7 @@ def _special_pieces(tokenizer) -> frozenset[str]:
     return frozenset(tokenizer.convert_ids_to_tokens(ids)) if ids else HIDDEN_TOKENS
 
 
-def token_pieces(tokenizer, ids: Sequence[int]) -> list[Piece]:
+def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[Piece]:
     """Display pieces for a row of token ids, special tokens (but not the mask) hidden."""
     pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
     return display_pieces(pieces, _special_pieces(tokenizer), tokenizer_style(tokenizer))
@@ -173,7 +179,7 @@ def token_pieces(tokenizer, ids: Sequence[int]) -> list[Piece]:
 # ---------------------------------------------------------------- terminal text
 
 
-def canvas_text(ids: Sequence[int], tokenizer, mask_id: int) -> str:
+def canvas_text(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase, mask_id: int) -> str:
     """One canvas row as plain text, each still-masked position shown as `MASK_GLYPH`."""
     parts: list[str] = []
     run: list[int] = []
@@ -187,7 +193,7 @@ def canvas_text(ids: Sequence[int], tokenizer, mask_id: int) -> str:
     return " ".join(p for p in parts[:-1] if p)
 
 
-def step_texts(trajectory, tokenizer) -> list[list[str]]:
+def step_texts(trajectory: Trajectory, tokenizer: PreTrainedTokenizerBase) -> list[list[str]]:
     """texts[s][b]: the canvas of sample b after step s, as `canvas_text`."""
     return [[canvas_text(row, tokenizer, trajectory.mask_id) for row in step] for step in trajectory.tokens]
 
@@ -336,7 +342,12 @@ def _legend_final() -> str:
 
 
 def render_step_html(
-    trajectory, step: int, tokenizer, sample: int | None = None, *, max_samples: int = 8
+    trajectory: Trajectory,
+    step: int,
+    tokenizer: PreTrainedTokenizerBase,
+    sample: int | None = None,
+    *,
+    max_samples: int = 8,
 ) -> str:
     """HTML of the canvas after `step`: masks, tokens revealed now (shaded by p), earlier and given ones."""
     arrays = _arrays(trajectory)
@@ -371,13 +382,17 @@ def _last_reveal(revealed: np.ndarray) -> np.ndarray:
     return np.where(revealed.any(axis=0), revealed.shape[0] - 1 - last_from_end, 0)
 
 
-def reveal_steps(trajectory) -> np.ndarray:
+def reveal_steps(trajectory: Trajectory) -> np.ndarray:
     """For each position, the last step at which it was revealed (0 if never), shape (B, L)."""
     return _last_reveal(_arrays(trajectory).revealed)
 
 
 def render_final_html(
-    trajectory, tokenizer, sample: int | None = None, *, max_samples: int = 8
+    trajectory: Trajectory,
+    tokenizer: PreTrainedTokenizerBase,
+    sample: int | None = None,
+    *,
+    max_samples: int = 8,
 ) -> str:
     """Static HTML of the final text, each token shaded by when it was revealed (darker = earlier)."""
     arrays = _arrays(trajectory)
@@ -414,7 +429,7 @@ def _flat(values, length: int, dtype=bool) -> np.ndarray:
 
 def render_tokens_html(
     ids: Sequence[int],
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     masked: Sequence[bool] | None = None,
     protected: Sequence[bool] | None = None,
 ) -> str:
@@ -430,7 +445,13 @@ def render_tokens_html(
     return f'<div class="td-sample" style="{FRAME_STYLE}">{_spans(tokenizer, ids, masked, span_of)}</div>'
 
 
-def masking_html(tokenizer, xt: Sequence[int], masked: Sequence[bool], protected: Sequence[bool], t: float) -> str:
+def masking_html(
+    tokenizer: PreTrainedTokenizerBase,
+    xt: Sequence[int],
+    masked: Sequence[bool],
+    protected: Sequence[bool],
+    t: float,
+) -> str:
     """HTML of one sentence masked at ratio ``t``: a head line counting the masks, then the tokens."""
     protected = _flat(protected, len(protected))
     head = (
@@ -478,7 +499,7 @@ show(0);
 """
 
 
-def animation_html(trajectory, tokenizer) -> str:
+def animation_html(trajectory: Trajectory, tokenizer: PreTrainedTokenizerBase) -> str:
     """A self-contained HTML page with every step of `render_step_html` and a small play/scrub player."""
     frames = [render_step_html(trajectory, s, tokenizer) for s in range(len(trajectory.tokens))]
     return ANIMATION_PAGE.format(last=len(frames) - 1, frames=json.dumps(frames), final=frames[-1],
@@ -495,7 +516,7 @@ def _gif_font():
         return ImageFont.load_default(size=13)
 
 
-def animation_gif(trajectory, tokenizer, width: int = 640) -> bytes:
+def animation_gif(trajectory: Trajectory, tokenizer: PreTrainedTokenizerBase, width: int = 640) -> bytes:
     """An animated GIF, one frame per step, the `step_texts` of every sample (at most 4)."""
     from PIL import Image, ImageDraw
 
@@ -584,7 +605,7 @@ def kept_distribution(
     return probs.reshape(logits.shape), kept.reshape(logits.shape)
 
 
-def as_logits(logits_or_probs, kind: str = "auto") -> torch.Tensor:
+def as_logits(logits_or_probs: torch.Tensor | np.ndarray, kind: str = "auto") -> torch.Tensor:
     """One distribution (V,) as float64 logits; ``kind`` "auto" takes non-negative values summing to 1 as probs."""
     values = torch.as_tensor(_numpy(logits_or_probs), dtype=torch.float64).reshape(-1)  # (V,)
     check(kind in ("auto", "logits", "probs"), f"kind must be auto, logits or probs, got {kind!r}")
@@ -614,8 +635,8 @@ def sampler_settings(sampling: str, temperature: float, top_k: int, top_p: float
 
 
 def sampling_table_html(
-    logits,
-    tokenizer,
+    logits: torch.Tensor | np.ndarray,
+    tokenizer: PreTrainedTokenizerBase,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,

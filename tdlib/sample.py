@@ -57,6 +57,8 @@ from tdlib.errors import check
 from tdlib.schedules import SCHEDULES, masked_counts
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from tdlib.model import Denoiser
 
 STRATEGIES = ("random", "confidence", "margin", "entropy", "resample")
@@ -511,7 +513,7 @@ def sample(
                       forward_passes=model.forward_passes, seconds=time.perf_counter() - start)
 
 
-def continuation_ids(tokenizer) -> list[int]:
+def continuation_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Ids of tokens that continue a word ("##ing" in WordPiece, no leading "Ġ" in byte-level BPE)."""
     vocab = tokenizer.get_vocab()
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -550,7 +552,7 @@ def _position_limit(model, tokenizer) -> int | None:
     return limit if limit <= 100_000 else None  # transformers uses a huge number for "no limit"
 
 
-def build_canvas(tokenizer, prefix: str, max_length: int) -> tuple[list[int], dict[int, list[int]] | None]:
+def build_canvas(tokenizer: PreTrainedTokenizerBase, prefix: str, max_length: int) -> tuple[list[int], dict[int, list[int]] | None]:
     """The ids `generate` starts from, and the positions where a word-continuation piece is banned.
 
     ``[start] prefix [mask] ... [mask] [end]``, ``max_length`` ids, or, when
@@ -584,8 +586,8 @@ def build_canvas(tokenizer, prefix: str, max_length: int) -> tuple[list[int], di
 
 
 def generate(
-    model,
-    tokenizer,
+    model: torch.nn.Module | Denoiser,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     prefix: str = "",
     num_samples: int = 1,

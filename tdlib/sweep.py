@@ -45,6 +45,20 @@ def _reference_limit(model: Any) -> int:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
 
 
+def _scores(texts: list[str], reference: tuple[Any, Any] | None) -> dict[str, float]:
+    """`sample_metrics` of one cell's texts, and their generative perplexity under ``reference`` if given."""
+    scores = sample_metrics(texts)
+    if reference is not None:
+        ref_model, ref_tokenizer = reference
+        try:
+            scores["generative_perplexity"] = generative_perplexity(
+                texts, ref_model, ref_tokenizer, max_length=_reference_limit(ref_model)
+            )
+        except UserError:  # no text has a token to score
+            scores["generative_perplexity"] = math.nan
+    return scores
+
+
 def quality_vs_steps(
     model: Any,
     tokenizer: Any,
@@ -100,24 +114,9 @@ def quality_vs_steps(
                 schedule=schedule, strategy=strategy, sampling=sampling, temperature=temperature, top_k=top_k,
                 top_p=top_p, seed=seed,
             )
-            row = {
-                "strategy": strategy,
-                "schedule": schedule,
-                "steps": num_steps,
-                "forward_passes": trajectory.forward_passes,
-                "seconds": trajectory.seconds,
-                **sample_metrics(texts),
-            }
-            if reference is not None:
-                ref_model, ref_tokenizer = reference
-                try:
-                    row["generative_perplexity"] = generative_perplexity(
-                        texts, ref_model, ref_tokenizer, max_length=_reference_limit(ref_model)
-                    )
-                except UserError:  # no text has a token to score
-                    row["generative_perplexity"] = math.nan
-            row["texts"] = texts
-            rows.append(row)
+            row = {"strategy": strategy, "schedule": schedule, "steps": num_steps,
+                   "forward_passes": trajectory.forward_passes, "seconds": trajectory.seconds}
+            rows.append({**row, **_scores(texts, reference), "texts": texts})
             bar.update()
     return rows
 

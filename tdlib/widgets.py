@@ -15,6 +15,8 @@ with a fixed seed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import ipywidgets as widgets
 import torch
 from IPython.display import HTML, display
@@ -118,7 +120,7 @@ class LiveLossView:
         self.image.value = plots.figure_png(self.figure())
 
     @classmethod
-    def from_run(cls, run_dir, *, log_scale: bool = False) -> LiveLossView:
+    def from_run(cls, run_dir: str | Path, *, log_scale: bool = False) -> LiveLossView:
         """A view filled with the records of a finished (or running) run."""
         view = cls(log_scale=log_scale)
         view.records.extend(plots.read_metrics(run_dir))
