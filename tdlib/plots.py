@@ -76,6 +76,16 @@ def _empty(ax, message: str) -> None:
     ax.set_yticks([])
 
 
+def _label(ax, ylabel: str, title: str, log_scale: bool) -> None:
+    """Label a panel drawn against training steps, log y axis if asked, with a light grid."""
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+
+
 def _loss_by_ratio_axes(fig: Figure, ax, records: Iterable[dict], log_scale: bool) -> None:
     evals = eval_records(records)
     ratios = _ratios(evals)
@@ -99,12 +109,7 @@ def _loss_by_ratio_axes(fig: Figure, ax, records: Iterable[dict], log_scale: boo
         ax.plot(
             steps, losses, marker="o", markersize=3, color=cmap(norm(ratio)), label=f"t={ratio:g}"
         )
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("masked cross-entropy (nats)")
-    ax.set_title("Eval loss by mask ratio t")
-    ax.grid(alpha=0.3)
+    _label(ax, "masked cross-entropy (nats)", "Eval loss by mask ratio t", log_scale)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="mask ratio t")
 
 
@@ -122,12 +127,7 @@ def _training_loss_axes(ax, records: Iterable[dict], log_scale: bool) -> None:
         average = 0.9 * average + 0.1 * loss  # exponential moving average, weight 0.1 on the newest
         smooth.append(average)
     ax.plot(steps, smooth, color="tab:blue", label="moving average")
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
+    _label(ax, "training loss", "Training loss", log_scale)
     ax.legend(loc="upper right")
 
 

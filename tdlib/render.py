@@ -312,6 +312,21 @@ def _spans(tokenizer, ids: Sequence[int], masked: Sequence[bool], span_of: Calla
     return _join_spans(items)
 
 
+def _sample_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    tokens: np.ndarray,
+    mask_id: int,
+    samples: Sequence[int],
+    span_of: Callable[[int, int, Piece], str],
+) -> str:
+    """One labelled row per sample b of ``tokens`` (B, L), each token drawn by ``span_of(b, j, piece)``."""
+    return "".join(
+        _row(f"sample {b}", _spans(tokenizer, tokens[b], tokens[b] == mask_id,
+                                   lambda j, piece, b=b: span_of(b, j, piece)))
+        for b in samples
+    )
+
+
 def _legend(items: Sequence[str]) -> str:
     style = "color:#666;font-size:11px;border-top:1px solid #eee;margin-top:4px;"
     return (
@@ -365,16 +380,12 @@ def render_step_html(
             return _span(piece.text, "td-new", _new_style(p), _prob_title(p))
         return _span(piece.text, "td-old", STYLES["td-old"], _prob_title(p))
 
-    rows = [
-        _row(f"sample {b}", _spans(tokenizer, tokens[b], tokens[b] == arrays.mask_id,
-                                   lambda j, piece, b=b: span_of(b, j, piece)))
-        for b in samples
-    ]
+    rows = _sample_rows(tokenizer, tokens, arrays.mask_id, samples, span_of)
     head = (
         f"step {step} / {arrays.num_steps} &middot; {int(revealed[samples].sum())} revealed at this step"
         f" &middot; {int((tokens[samples] == arrays.mask_id).sum())} still masked{_shown_note(arrays, samples)}"
     )
-    return _frame("".join(rows), head, _legend_step())
+    return _frame(rows, head, _legend_step())
 
 
 def _last_reveal(revealed: np.ndarray) -> np.ndarray:
@@ -410,16 +421,12 @@ def render_final_html(
         title = ", ".join(filter(None, [f"revealed at step {k}", _prob_title(float(probs[b, j]))]))
         return _span(piece.text, "td-final", _final_style(alpha), title)
 
-    rows = [
-        _row(f"sample {b}", _spans(tokenizer, tokens[b], tokens[b] == arrays.mask_id,
-                                   lambda j, piece, b=b: span_of(b, j, piece)))
-        for b in samples
-    ]
+    rows = _sample_rows(tokenizer, tokens, arrays.mask_id, samples, span_of)
     head = (
         f"final text after {num_steps} steps &middot; darker = revealed earlier"
         f" (hover for step and probability){_shown_note(arrays, samples)}"
     )
-    return _frame("".join(rows), head, _legend_final())
+    return _frame(rows, head, _legend_final())
 
 
 def _flat(values, length: int, dtype=bool) -> np.ndarray:

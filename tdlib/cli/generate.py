@@ -24,6 +24,8 @@ from tdlib.sample import SAMPLINGS, STRATEGIES, Trajectory, check_options, gener
 from tdlib.schedules import SCHEDULES
 
 ANIMATION_TYPES = (".html", ".gif")
+# flags passed to the sampler under their own names
+SAMPLER_FLAGS = ("schedule", "strategy", "sampling", "temperature", "top_k", "top_p")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,15 +71,8 @@ def _write_animation(trajectory: Trajectory, tokenizer, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate and print; returns the exit status."""
-    check_options(
-        num_steps=args.steps,
-        schedule=args.schedule,
-        strategy=args.strategy,
-        sampling=args.sampling,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-    )
+    options = {name: getattr(args, name) for name in SAMPLER_FLAGS}
+    check_options(num_steps=args.steps, **options)
     check(args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}")
     check(args.max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {args.max_length}")
     animation = Path(args.animation) if args.animation else None
@@ -92,21 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from tdlib.model import load_checkpoint
 
     model, tokenizer = load_checkpoint(args.checkpoint)
-    texts, trajectory = generate(
-        model,
-        tokenizer,
-        prefix=args.prefix,
-        num_samples=args.num_samples,
-        max_length=args.max_length,
-        num_steps=args.steps,
-        schedule=args.schedule,
-        strategy=args.strategy,
-        sampling=args.sampling,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    texts, trajectory = generate(model, tokenizer, prefix=args.prefix, num_samples=args.num_samples,
+                                 max_length=args.max_length, num_steps=args.steps, seed=args.seed, **options)
     if args.show_steps:
         _show_steps(trajectory, tokenizer, sys.stderr if args.json else sys.stdout)  # keep stdout pure JSON
     if animation is not None:
