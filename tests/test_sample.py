@@ -426,3 +426,18 @@ def test_prefix_too_long_and_bad_options_are_user_errors(wordpiece):
         generate(denoiser, wordpiece, prefix="the cat", top_p=0)
     with pytest.raises(UserError, match="num-samples"):
         generate(denoiser, wordpiece, num_samples=0)
+
+
+def test_filter_log_probs_is_the_kept_set_of_each_sampling():
+    from tdlib.sample import filter_log_probs
+
+    logp = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()  # (1, V)
+
+    def kept(**options):
+        weights, ids = filter_log_probs(logp, **options)
+        return sorted(ids[weights > 0].tolist())
+
+    assert kept(sampling="greedy", top_k=1, top_p=1.0) == [0]
+    assert kept(sampling="topk", top_k=3, top_p=1.0) == [0, 1, 2]
+    assert kept(sampling="nucleus", top_k=1, top_p=0.6) == [0, 1]  # 0.5 < 0.6, token 1 crosses p
+    assert kept(sampling="nucleus", top_k=1, top_p=1.0) == [0, 1, 2, 3]
