@@ -331,8 +331,8 @@ def _scores(strategy: str, logp: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class _Model:
-    """One sampling run's view of the denoiser: log-probs at chosen canvas positions, and draws from them."""
+class _Sampler:
+    """One sampling run's state: the canvas, log-probs from the denoiser at chosen positions, draws from them."""
 
     denoiser: Denoiser
     xt: torch.Tensor  # (B, L) the canvas; `sample` changes it in place
@@ -395,33 +395,33 @@ class _Model:
         return draw
 
 
-# A step of a strategy that keeps revealed tokens: (model, masked (B, L), count (B,)) ->
+# A step of a strategy that keeps revealed tokens: (sampler, masked (B, L), count (B,)) ->
 # (revealed (B, L), rows (N,), cols (N,), tokens (N,), probability of each token (N,)).
 _Reveal = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _reveal_random(model: _Model, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+def _reveal_random(sampler: _Sampler, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
     """``random``: reveal a uniformly random subset, then draw only there."""
-    revealed = _top_per_row(model.noise(), masked, count)
-    rows, cols, logp = model.log_probs(revealed)
-    tokens = model.drawer(logp)()
+    revealed = _top_per_row(sampler.noise(), masked, count)
+    rows, cols, logp = sampler.log_probs(revealed)
+    tokens = sampler.drawer(logp)()
     return revealed, rows, cols, tokens, logp.gather(1, tokens[:, None])[:, 0].exp()
 
 
-def _reveal_confident(model: _Model, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+def _reveal_confident(sampler: _Sampler, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
     """``confidence``: reveal the drawn tokens of highest probability, drawing only where one could win."""
-    rows, cols, logp = model.log_probs(masked)
-    revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, count, model.drawer(logp))
+    rows, cols, logp = sampler.log_probs(masked)
+    revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, count, sampler.drawer(logp))
     where = revealed[rows, cols].nonzero()[:, 0]
     return revealed, rows[where], cols[where], tokens[where], p_token[where]
 
 
-def _reveal_by_score(strategy: str) -> Callable[[_Model, torch.Tensor, torch.Tensor], _Reveal]:
+def _reveal_by_score(strategy: str) -> Callable[[_Sampler, torch.Tensor, torch.Tensor], _Reveal]:
     """``margin`` or ``entropy``: the score does not depend on the draw, so draw only where a token is revealed."""
 
-    def reveal(model: _Model, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
-        rows, cols, logp = model.log_probs(masked)
-        draw = model.drawer(logp)
+    def reveal(sampler: _Sampler, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+        rows, cols, logp = sampler.log_probs(masked)
+        draw = sampler.drawer(logp)
         scores = torch.full(masked.shape, float("-inf"), dtype=logp.dtype, device=masked.device)  # (B, L)
         scores[rows, cols] = _scores(strategy, logp)
         revealed = _top_per_row(scores, masked, count)
@@ -437,18 +437,18 @@ _REVEAL = {"random": _reveal_random, "confidence": _reveal_confident,
 
 
 def _resample_step(
-    model: _Model, probs: torch.Tensor, active: torch.Tensor, target: torch.Tensor, mask_id: int
+    sampler: _Sampler, probs: torch.Tensor, active: torch.Tensor, target: torch.Tensor, mask_id: int
 ) -> torch.Tensor:
     """``resample``: redraw every ``active`` position, then mask ``target`` (B,) of them again; returns revealed.
 
     The re-masked subset does not depend on the draws, so it is picked first and
     tokens are drawn only where they stay.
     """
-    xt = model.xt
+    xt = sampler.xt
     previous = xt.clone()
-    remask = _top_per_row(model.noise(), active, target)
-    rows, cols, logp = model.log_probs(active & ~remask)
-    tokens = model.drawer(logp)()
+    remask = _top_per_row(sampler.noise(), active, target)
+    rows, cols, logp = sampler.log_probs(active & ~remask)
+    tokens = sampler.drawer(logp)()
     xt[rows, cols] = tokens
     probs[rows, cols] = logp.gather(1, tokens[:, None])[:, 0].exp().float()
     xt[remask] = mask_id
@@ -493,24 +493,24 @@ def sample(
     xt = x_init.clone()  # (B, L)
     generated = xt == mask_id  # (B, L) positions the sampler writes
     probs = torch.full(xt.shape, float("nan"), device=xt.device)  # (B, L) probability of each shown token
-    model = _Model(denoiser, xt, attention_mask, forbidden_ids, forbidden_at, temperature, sampling, top_k,
+    sampler = _Sampler(denoiser, xt, attention_mask, forbidden_ids, forbidden_at, temperature, sampling, top_k,
                    top_p, generator)
     history = [_snapshot(xt, torch.zeros_like(generated), probs)]
     for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
         active = generated & block  # (B, L) generated positions of the current block
         if strategy == "resample":
-            revealed = _resample_step(model, probs, active, target, mask_id)
+            revealed = _resample_step(sampler, probs, active, target, mask_id)
         else:
             masked = active & (xt == mask_id)  # (B, L)
             # reveal as many as take the masked count down to the schedule's target
             count = masked.sum(1) - target  # (B,)
-            revealed, rows, cols, tokens, p_token = _REVEAL[strategy](model, masked, count)
+            revealed, rows, cols, tokens, p_token = _REVEAL[strategy](sampler, masked, count)
             xt[rows, cols] = tokens
             probs[rows, cols] = p_token.float()
         history.append(_snapshot(xt, revealed, probs))
     tokens, revealed, probs = (torch.stack(h) for h in zip(*history, strict=True))
     return Trajectory(tokens=tokens, revealed=revealed, probs=probs, mask_id=mask_id, given=~generated.cpu(),
-                      forward_passes=model.forward_passes, seconds=time.perf_counter() - start)
+                      forward_passes=sampler.forward_passes, seconds=time.perf_counter() - start)
 
 
 def continuation_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
