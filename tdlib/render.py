@@ -8,13 +8,14 @@ tested without a browser:
 - detokenisation for display (`display_pieces`, `display_words`, `token_pieces`);
 - a canvas as terminal text (`canvas_text`, `step_texts`);
 - a trajectory step as HTML (`render_step_html`, `render_final_html`,
-  `render_tokens_html`) and as a self-contained animation (`animation_html`,
-  `animation_gif`);
+  `render_tokens_html`, `masking_html`) and as a self-contained animation
+  (`animation_html`, `animation_gif`);
 - the schedule and sampling tables of the explorers (`schedule_table_html`,
   `kept_distribution`, `sampling_table_html`).
 
-A still-masked position is always drawn as `MASK_GLYPH`, a character that never
-occurs in text. A trajectory is anything with the fields of
+A still-masked position is always drawn as `MASK_GLYPH` (U+25AF), a character
+the course's texts never hold (the Python manual has none, and MiniLM's
+vocabulary cannot write it), unlike "_". A trajectory is anything with the fields of
 `tdlib.sample.Trajectory`: tokens (S+1, B, L), revealed (S+1, B, L), probs
 (S+1, B, L), mask_id, given (B, L).
 

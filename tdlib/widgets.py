@@ -223,9 +223,8 @@ def masked_at_ratio(
     x0: torch.Tensor, t: float, mask_id: int, protected: torch.Tensor | None = None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`tdlib.masking.mask_tokens` with a freshly seeded generator: the masked set grows with t."""
-    generator = torch.Generator().manual_seed(
-        seed
-    )  # same uniforms for every t -> nested masked sets
+    # the same uniforms for every t, so the masked sets are nested
+    generator = torch.Generator().manual_seed(seed)
     return mask_tokens(x0, t, mask_id, protected, generator)
 
 
