@@ -1,4 +1,4 @@
-"""Helpers shared by the training benchmarks: data, the seed's collator, FLOPs, timing, output.
+"""Helpers shared by the training benchmarks: data, the original experiment's collator, FLOPs, timing, output.
 
 Not part of tdlib: these only measure it. Everything here runs offline.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from tdlib.data import Examples, load_corpus, make_examples
+from tdlib.masking import ORIGINAL_RATIOS
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -49,16 +50,16 @@ def make_bench_examples(lines: list[str], tokenizer, max_length: int, mode: str)
     return make_examples(lines, tokenizer, max_length, mode)
 
 
-class SeedCollator:
-    """The seed's collator: `DataCollatorForLanguageModeling` with one mask ratio per batch.
+class OriginalCollator:
+    """The original experiment's collator: `DataCollatorForLanguageModeling` with one mask ratio per batch.
 
-    The ratio is drawn from ``mask_probs`` for each batch, every chosen token
+    The ratio is drawn from ``ratios`` for each batch, every chosen token
     becomes ``[MASK]`` (no random or kept tokens), and the first ``prefix_length``
     content tokens of each row are never masked (nor special tokens or padding).
     It also records the real (non-padding) tokens of each batch it makes, in order.
     """
 
-    def __init__(self, tokenizer, mask_probs=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1),
+    def __init__(self, tokenizer, ratios=ORIGINAL_RATIOS,
                  prefix_length: int = 5, seed: int = 0):
         from transformers import DataCollatorForLanguageModeling
 
@@ -71,7 +72,7 @@ class SeedCollator:
                 special = special_tokens_mask.bool()
                 content_rank = torch.cumsum((~special).long(), dim=1) * (~special).long()  # 1, 2, ... per row
                 protected = special | ((content_rank >= 1) & (content_rank <= prefix_length))
-                inner.mlm_probability = float(self.rng.choice(mask_probs))
+                inner.mlm_probability = float(self.rng.choice(ratios))
                 return super().torch_mask_tokens(inputs, special_tokens_mask=protected, offset_mapping=offset_mapping)
 
         self.rng = random.Random(seed)

@@ -11,7 +11,7 @@ peak is their peak plus the interpreter, libraries and model.
   MiniLM, packed 128-token blocks, stratified t, ELBO weighting, LM head at
   masked positions only, AdamW; two steps (the first allocates AdamW's state);
 - ``train_full_head``: the same step computing the LM head at all 16 x 128
-  positions and the loss from ``model(..., labels=...)`` (the seed's way),
+  positions and the loss from ``model(..., labels=...)`` (the original experiment's way),
   for comparison;
 - ``sample``: `tdlib.sample.generate` with 16 samples of 128 tokens
   (``--steps`` denoising steps, confidence strategy, top-k), untrained weights

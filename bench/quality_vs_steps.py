@@ -84,9 +84,9 @@ def human_texts(tokenizer, dataset: str, data_dir: str | None, count: int, max_l
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tdlib.causal import load_causal
+    from tdlib.checkpoint import resolve_checkpoint, training_config
     from tdlib.metrics import generative_perplexity, sample_metrics
-    from tdlib.model import load_checkpoint, resolve_checkpoint, training_config
+    from tdlib.model import load_causal, load_checkpoint
     from tdlib.plots import quality_vs_steps_figure, save_figure
     from tdlib.sample import SAMPLINGS, STRATEGIES
     from tdlib.sweep import quality_vs_steps, steps_table

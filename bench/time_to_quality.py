@@ -70,10 +70,10 @@ def valid_examples(tokenizer, dataset: str, data_dir: Path, valid_chars: int | N
 
 def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_chars: int | None) -> dict:
     """Bits per character of the held-out text: exact NLL (causal) or the NELBO bound."""
-    from tdlib.causal import causal_nll, load_causal
-    from tdlib.evaluate import nelbo
+    from tdlib.checkpoint import training_config
+    from tdlib.evaluate import causal_nll, nelbo
     from tdlib.masking import protected_positions
-    from tdlib.model import as_denoiser, load_checkpoint, training_config
+    from tdlib.model import as_denoiser, load_causal, load_checkpoint
 
     model, tokenizer = load_causal(checkpoint) if causal else load_checkpoint(checkpoint, device="cpu")
     # blocks as long as the model was trained on

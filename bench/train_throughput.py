@@ -1,11 +1,11 @@
-"""Training throughput: tdlib's step against a Hugging Face `Trainer` with the seed's collator.
+"""Training throughput: tdlib's step against a Hugging Face `Trainer` with the original experiment's collator.
 
 Three ways to train the same model on the same data, measured in one run,
 interleaved round by round (A, B, C, B, C, A, ...), each for a fixed number of
 optimizer steps after a warmup step:
 
 (a) ``trainer``: `transformers.Trainer` (its defaults, `report_to=[]`) with the
-    seed's collator (`DataCollatorForLanguageModeling`, one ratio per batch from
+    original experiment's collator (`DataCollatorForLanguageModeling`, one ratio per batch from
     1.0..0.1, 100 % [MASK], 5-token prefix protected), one example per padded
     128-token line, full-vocabulary LM head at every position;
 (b) ``tdlib_lines``: tdlib's training step (the body of `tdlib.train.train`'s
@@ -45,7 +45,7 @@ import torch
 from _common import (
     DEFAULT_DATA_DIR,
     ListDataset,
-    SeedCollator,
+    OriginalCollator,
     bench_lines,
     make_bench_examples,
     matmul_peak_gflops,
@@ -57,9 +57,11 @@ from _common import (
 )
 from torch.profiler import record_function
 
+from tdlib.heads import set_dropout
 from tdlib.masking import IGNORE_INDEX, MaskingCollator
-from tdlib.model import load_model, set_dropout
-from tdlib.train import MaskedDiffusionLoss, lr_at, preset
+from tdlib.model import load_model
+from tdlib.objectives import MaskedDiffusionLoss
+from tdlib.train import lr_at, preset, step_seed
 
 
 class TdlibRunner:
@@ -74,7 +76,7 @@ class TdlibRunner:
     def __init__(self, name, model, tokenizer, examples, config, total_steps, fused: bool = True):
         self.name, self.model, self.examples, self.config = name, model, examples, config
         self.total_steps = total_steps
-        self.collator = MaskingCollator(tokenizer, config.mask_probs, mode=config.masking,
+        self.collator = MaskingCollator(tokenizer, config.ratios, mode=config.masking,
                                         prefix_length=config.prefix_length, seed=config.seed)
         self.loss_module = MaskedDiffusionLoss(model, config.loss_weighting)
         decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -97,15 +99,14 @@ class TdlibRunner:
     def step(self, rows: list[int]) -> tuple[int, int]:
         """One optimizer step on ``rows``; returns (real tokens, positions the LM head ran on)."""
         config, step = self.config, self.step_count
-        torch.manual_seed(config.seed * 1_000_003 + step)
-        self.collator.generator.manual_seed(config.seed * 1_000_003 + step)
+        torch.manual_seed(step_seed(config.seed, step))
+        self.collator.generator.manual_seed(step_seed(config.seed, step))
         with self.phase("data"):
             batch = self.collator([self.examples[i] for i in rows])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(step, config, self.total_steps)
         with self.phase("forward"):
-            loss = self.loss_module(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"],
-                                    batch["scorable"])
+            loss = self.loss_module(batch)
         with self.phase("backward"):
             loss.backward()
             loss.item()
@@ -127,13 +128,13 @@ class TdlibRunner:
 
 
 class TrainerRunner:
-    """A fresh `transformers.Trainer` per round on the given rows, in order, with the seed's collator."""
+    """A fresh `transformers.Trainer` per round on the given rows, in order, with the original experiment's collator."""
 
     def __init__(self, model, tokenizer, examples, seed: int):
         from transformers import TrainerCallback
 
         self.name, self.model, self.examples = "trainer", model, examples
-        self.collator = SeedCollator(tokenizer, seed=seed)
+        self.collator = OriginalCollator(tokenizer, seed=seed)
         self.seed = seed
         self.optim = None
         ends = self.ends = []

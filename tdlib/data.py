@@ -3,7 +3,7 @@
 A corpus is a dict of splits (``train``, ``valid``, ``test``), each a list of
 raw text lines, exactly one per row of the source. Three kinds of source:
 
-- ``wikitext-2`` (alias ``wikitext-2-raw-v1``): the seed's data set, from local
+- ``wikitext-2`` (alias ``wikitext-2-raw-v1``): the original experiment's data set, from local
   ``train.txt``/``valid.txt``/``test.txt`` files with ``data_dir`` or else from
   the Hugging Face hub (``wikitext`` / ``wikitext-2-raw-v1``); ``wikitext-2-v1``
   is the tokenized variant (rare words replaced by ``<unk>``);
@@ -12,7 +12,7 @@ raw text lines, exactly one per row of the source. Three kinds of source:
 - a path to a text file or a folder of ``.txt`` files.
 
 Examples are made in one of two ways: ``lines`` (one example per non-empty line,
-truncated and padded: the seed's way) or ``packed`` (all lines concatenated and
+truncated and padded: the original experiment's way) or ``packed`` (all lines concatenated and
 cut into full blocks: no padding, no wasted compute). This module knows nothing
 about masking or models beyond calling a tokenizer.
 """
@@ -28,13 +28,13 @@ import torch
 
 from tdlib.errors import UserError, check
 
-SPLITS = ("train", "valid", "test")
+SPLITS = ("train", "valid", "test")  # the splits of every corpus
 WIKITEXT = {
     "wikitext-2": "wikitext-2-raw-v1",
     "wikitext-2-raw-v1": "wikitext-2-raw-v1",
     "wikitext-2-v1": "wikitext-2-v1",
 }
-MODES = ("lines", "packed")
+EXAMPLE_MODES = ("lines", "packed")  # one example per line, or full blocks of the joined text
 OFFLINE_HINT = (
     "offline alternatives: --dataset pydoc (embedded), --data-dir DIR holding "
     "train.txt/valid.txt/test.txt, or --dataset PATH to your own text"
@@ -201,7 +201,7 @@ def _content_tokens(lines: list[str], tokenizer) -> tuple[list[list[int]], list[
 
 def make_examples(lines: list[str], tokenizer, max_length: int = 128, mode: str = "lines") -> Examples:
     """Tokenize lines into (N, max_length) blocks: ``lines`` (pad/truncate) or ``packed`` (full blocks)."""
-    check(mode in MODES, f"unknown example mode {mode!r}: use one of {', '.join(MODES)}")
+    check(mode in EXAMPLE_MODES, f"unknown example mode {mode!r}: use one of {', '.join(EXAMPLE_MODES)}")
     check(max_length >= 4, f"max_length must be at least 4, got {max_length}")
     ids_per_line, chars_per_line = _content_tokens(lines, tokenizer)
     check(bool(ids_per_line), "no text to make examples from: every line is empty")

@@ -1,15 +1,17 @@
 """Likelihood side of evaluation: masked loss per ratio and bounds on -log p(x).
 
-Everything here needs only a *denoiser* (see `tdlib.oracle` and
+Everything for the masked model needs only a *denoiser* (see `tdlib.oracle` and
 `tdlib.model.as_denoiser`): a callable ``denoiser(xt, attention_mask) -> logits``
-of shape (B, L, V). Three quantities:
+of shape (B, L, V). Three quantities, and the baseline's exact one:
 
 - `loss_by_ratio`: mean masked cross-entropy at fixed mask ratios, with masks
   derived from a seed, so curves are comparable between evaluations and runs;
 - `nelbo`: the continuous-time bound (any masking schedule gives the same one),
   estimated without bias, in bits per character of the original text;
 - `discrete_bound`: the bound of a model that only ever reveals tokens at K
-  fixed ratios, and why it is looser.
+  fixed ratios, and why it is looser;
+- `causal_nll`: the autoregressive baseline's exact -log p(x), in the same
+  bits per character.
 
 `scorable` (B, L) bool marks the positions that may be masked and scored: not
 special tokens, not padding, not the prefix (`tdlib.masking.protected_positions`
@@ -23,18 +25,20 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tdlib.errors import check
+from tdlib.masking import IGNORE_INDEX, ORIGINAL_RATIOS, check_ratios
 
-Denoiser = Callable[..., torch.Tensor]
+if TYPE_CHECKING:
+    from tdlib.model import Denoiser
 
-DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-
-LN2 = math.log(2.0)
+LN2 = math.log(2.0)  # nats per bit
 
 
 def _check_inputs(x0: torch.Tensor, scorable: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
@@ -43,14 +47,6 @@ def _check_inputs(x0: torch.Tensor, scorable: torch.Tensor, attention_mask: torc
     check(scorable.dtype == torch.bool, "scorable must be a bool tensor")
     if attention_mask is not None:
         check(attention_mask.shape == x0.shape, "attention_mask must have the shape of x0")
-
-
-def _check_ratios(ratios: Sequence[float]) -> list[float]:
-    ratios = [float(t) for t in ratios]
-    check(len(ratios) > 0, "give at least one mask ratio")
-    check(all(0.0 < t <= 1.0 for t in ratios), f"mask ratios must lie in (0, 1], got {ratios}")
-    check(len(set(ratios)) == len(ratios), f"mask ratios must be distinct, got {ratios}")
-    return ratios
 
 
 def _fixed_scores(x0: torch.Tensor, scorable: torch.Tensor, seed: int) -> torch.Tensor:
@@ -88,7 +84,7 @@ def _ce_at_ratios(
     denoiser: Denoiser,
     x0: torch.Tensor,
     scorable: torch.Tensor,
-    ratios: list[float],
+    ratios: Sequence[float],
     *,
     mask_id: int,
     seed: int,
@@ -121,7 +117,7 @@ def loss_by_ratio(
     denoiser: Denoiser,
     x0: torch.Tensor,
     scorable: torch.Tensor,
-    ratios: Sequence[float] = DEFAULT_RATIOS,
+    ratios: Sequence[float] = ORIGINAL_RATIOS,
     *,
     mask_id: int,
     seed: int = 0,
@@ -138,7 +134,7 @@ def loss_by_ratio(
     which no token was masked gives nan.
     """
     _check_inputs(x0, scorable, attention_mask)
-    ratios = _check_ratios(ratios)
+    ratios = check_ratios(ratios, distinct=True)
     ce_sum, count = _ce_at_ratios(
         denoiser, x0, scorable, ratios, mask_id=mask_id, seed=seed, batch_size=batch_size,
         attention_mask=attention_mask, progress=progress, desc="loss by ratio",
@@ -267,7 +263,7 @@ def discrete_bound(
     denoiser: Denoiser,
     x0: torch.Tensor,
     scorable: torch.Tensor,
-    ratios: Sequence[float] = DEFAULT_RATIOS,
+    ratios: Sequence[float] = ORIGINAL_RATIOS,
     *,
     mask_id: int,
     num_characters: int,
@@ -306,7 +302,7 @@ def discrete_bound(
     about (t_j - t_{j+1}) n tokens at once, each from its own marginal given
     x_{t_j}, so it pays for every dependence among tokens revealed together
     (their total correlation), including ~10 % of the tokens revealed in the
-    last step of the seed's grid (0.1 -> 0). It shrinks to 0 as the grid is
+    last step of the original experiment's grid (0.1 -> 0). It shrinks to 0 as the grid is
     refined. Even with the exact denoiser the discrete chain is a different
     model p_K, so NELBO_K(x) may fall below -log p(x) for a given x; only its
     average over x ~ p is guaranteed to exceed the entropy (cross-entropy >=
@@ -323,7 +319,7 @@ def discrete_bound(
     """
     _check_inputs(x0, scorable, attention_mask)
     check(num_characters > 0, f"num_characters must be positive, got {num_characters}")
-    levels = sorted(set(_check_ratios(ratios)) | {1.0}, reverse=True)  # 1 = t_1 > ... > t_K
+    levels = sorted(set(check_ratios(ratios, distinct=True)) | {1.0}, reverse=True)  # 1 = t_1 > ... > t_K
     ce_sum, count = _ce_at_ratios(
         denoiser, x0, scorable, levels, mask_id=mask_id, seed=seed, batch_size=batch_size,
         attention_mask=attention_mask, progress=progress, desc="discrete bound",
@@ -342,3 +338,40 @@ def discrete_bound(
         loss_by_ratio={t: (float(total[j] / masked[j]) if masked[j] > 0 else math.nan) for j, t in enumerate(levels)},
     )
     return out
+
+
+def next_token_labels(x0: torch.Tensor, scorable: torch.Tensor) -> torch.Tensor:
+    """Targets for positions 0..L-2: the next token where it is scorable, else -100; shape (B, L-1)."""
+    return torch.where(scorable[:, 1:], x0[:, 1:], torch.full_like(x0[:, 1:], IGNORE_INDEX))
+
+
+@torch.inference_mode()
+def causal_nll(model, x0, scorable, *, num_characters: int, attention_mask=None, batch_size: int = 16) -> dict:
+    """Exact -log p(x) of the scorable tokens under a causal LM, in bits per character.
+
+    -log p(x) = sum_i -log p(x_i | x_<i), summed over scorable tokens; divided by
+    ln 2 and by the characters of the original text, it is comparable with the
+    diffusion model's NELBO in bits per character.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for lo in range(0, x0.shape[0], batch_size):
+        x = x0[lo : lo + batch_size].to(device)  # (b, L)
+        am = None if attention_mask is None else attention_mask[lo : lo + batch_size].to(device)
+        keep = scorable[lo : lo + batch_size].to(device)  # (b, L)
+        logits = model(input_ids=x, attention_mask=am).logits[:, :-1].float()  # (b, L-1, V)
+        labels = next_token_labels(x, keep)  # (b, L-1)
+        # sum_i -log p(x_i | x_<i)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+        total += float(ce)
+        tokens += int((labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return {
+        "nll_bits_per_char": total / LN2 / num_characters,
+        "nats_per_token": total / max(tokens, 1),
+        "perplexity": math.exp(total / max(tokens, 1)),
+        "tokens": tokens,
+        "characters": int(num_characters),
+    }

@@ -3,11 +3,11 @@
 Absorbing-state diffusion corrupts clean ids ``x0`` into ``xt`` by replacing each
 non-protected token by ``mask_id`` independently with probability ``t``. Protected
 positions (special tokens, padding and the first ``prefix_length`` content tokens,
-the prompt) are never masked. The training collator picks ``t`` per batch (the
-seed), per example, or continuously from U(eps, 1) (optionally stratified over
-the batch), and returns the batch with
-labels that are -100 wherever nothing was masked. This module does not compute
-losses or touch models.
+the prompt) are never masked. The training collator picks ``t`` per batch (as the
+original experiment did), per example, or continuously from U(eps, 1) (optionally
+stratified over the batch), and returns the batch with labels that are -100
+wherever nothing was masked. The mask ratios ``ratios`` and their check live here
+too. This module does not compute losses or touch models.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ import torch
 
 from tdlib.errors import check
 
-SEED_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
-MODES = ("batch", "example", "continuous", "stratified")
-IGNORE_INDEX = -100
+ORIGINAL_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # the original experiment's mask ratios
+MASKING_MODES = ("batch", "example", "continuous", "stratified")  # how the collator draws t
+IGNORE_INDEX = -100  # the label of a position no loss scores
 
 
-def check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
-    """Validate mask ratios: a non-empty list, each in (0, 1]."""
+def check_ratios(ratios: Sequence[float], distinct: bool = False) -> tuple[float, ...]:
+    """Validate mask ratios: a non-empty list, each in (0, 1] (and, if asked, no two equal)."""
     ratios = tuple(float(r) for r in ratios)
     check(len(ratios) > 0, "give at least one mask ratio")
     for r in ratios:
         check(0.0 < r <= 1.0, f"mask ratio {r} is outside (0, 1]; ratios are fractions such as 0.5")
+    check(not distinct or len(set(ratios)) == len(ratios), f"mask ratios must be distinct, got {list(ratios)}")
     return ratios
 
 
@@ -59,6 +60,11 @@ def protected_positions(
     return protected
 
 
+def content_ids(examples, tokenizer) -> torch.Tensor:
+    """The token ids (flat) of `tdlib.data.Examples` at the positions training may mask and score."""
+    return examples.input_ids[~protected_positions(examples.input_ids, tokenizer, examples.attention_mask)]
+
+
 def mask_tokens(
     x0: torch.Tensor,
     t: float | torch.Tensor,
@@ -84,8 +90,8 @@ class MaskingCollator:
     ``scorable`` marks the positions that could have been masked (the complement
     of `protected_positions`); the ELBO weighting normalises by their number.
 
-    ``mode``: ``batch`` draws one ratio from ``mask_probs`` for the whole batch (the
-    seed), ``example`` one per example, ``continuous`` draws t ~ U(eps, 1) per example,
+    ``mode``: ``batch`` draws one ratio from ``ratios`` for the whole batch (the
+    original experiment), ``example`` one per example, ``continuous`` draws t ~ U(eps, 1) per example,
     ``stratified`` does the same with the batch's t spread evenly over (eps, 1):
     t_i = eps + (1 - eps) * ((i + u) / B) mod 1 with one u ~ U(0, 1) per batch, in
     shuffled order. Each t_i is still uniform, so the ELBO loss stays unbiased, but a
@@ -95,17 +101,17 @@ class MaskingCollator:
     def __init__(
         self,
         tokenizer,
-        mask_probs: Sequence[float] = SEED_RATIOS,
+        ratios: Sequence[float] = ORIGINAL_RATIOS,
         mode: str = "batch",
         prefix_length: int = 5,
         eps: float = 1e-3,
         seed: int | None = None,
     ):
-        check(mode in MODES, f"unknown masking mode {mode!r}: use one of {', '.join(MODES)}")
+        check(mode in MASKING_MODES, f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
         check(prefix_length >= 0, f"prefix length must be >= 0, got {prefix_length}")
         check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
         self.tokenizer = tokenizer
-        self.mask_probs = torch.tensor(check_ratios(mask_probs))
+        self.ratios = torch.tensor(check_ratios(ratios))
         self.mode = mode
         self.prefix_length = prefix_length
         self.eps = eps
@@ -116,10 +122,10 @@ class MaskingCollator:
         """The mask ratio of each example, shape (B,)."""
         g = self.generator
         if self.mode == "batch":
-            i = torch.randint(len(self.mask_probs), (1,), generator=g)
-            return self.mask_probs[i].expand(batch_size).clone()
+            i = torch.randint(len(self.ratios), (1,), generator=g)
+            return self.ratios[i].expand(batch_size).clone()
         if self.mode == "example":
-            return self.mask_probs[torch.randint(len(self.mask_probs), (batch_size,), generator=g)]
+            return self.ratios[torch.randint(len(self.ratios), (batch_size,), generator=g)]
         if self.mode == "stratified":
             u = torch.rand(1, generator=g)
             grid = (torch.arange(batch_size) + u) / batch_size  # one t in each 1/B slice of (0, 1)

@@ -90,12 +90,12 @@ def test_empty_dataset_file_is_refused(tmp_path, capsys):
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
-    from tdlib import train as train_module
+    from tdlib.objectives import MaskedDiffusionLoss
 
-    def nan_forward(self, input_ids, attention_mask, labels, t, scorable):
+    def nan_forward(self, batch):
         return torch.tensor(float("nan"), requires_grad=True)
 
-    monkeypatch.setattr(train_module.MaskedDiffusionLoss, "forward", nan_forward)
+    monkeypatch.setattr(MaskedDiffusionLoss, "forward", nan_forward)
     with pytest.raises(UserError, match="loss became nan"):
         train(preset("smoke", output_dir=str(tmp_path / "r"), max_steps=3), progress=False)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tdlib.errors import UserError
-from tdlib.evaluate import DEFAULT_RATIOS, discrete_bound, loss_by_ratio, nelbo
+from tdlib.evaluate import discrete_bound, loss_by_ratio, nelbo
+from tdlib.masking import ORIGINAL_RATIOS
 from tdlib.oracle import MarkovChain
 
 
@@ -158,7 +159,7 @@ def test_loss_by_ratio_uses_fixed_masks(chain):
     a = loss_by_ratio(chain, x0, scorable, mask_id=chain.mask_id, seed=1)
     b = loss_by_ratio(chain, x0, scorable, mask_id=chain.mask_id, seed=1, batch_size=5)
     assert a == b
-    assert list(a) == list(DEFAULT_RATIOS)
+    assert list(a) == list(ORIGINAL_RATIOS)
     c = loss_by_ratio(chain, x0, scorable, mask_id=chain.mask_id, seed=2)
     assert a != c
     # more context makes prediction easier, on average
@@ -271,7 +272,7 @@ def test_cli_json_reports_the_bound_and_loss_by_ratio(checkpoint, capsys):
     assert _evaluate(["--checkpoint", str(checkpoint), "--max-characters", "3000", "--json", "--samples", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dataset"] == "pydoc" and out["max_length"] == 32 and out["mode"] == "packed"  # as trained
-    assert list(out["loss_by_ratio"]) == [str(t) for t in DEFAULT_RATIOS]
+    assert list(out["loss_by_ratio"]) == [str(t) for t in ORIGINAL_RATIOS]
     assert out["nelbo_bits_per_char"] > 0 and out["nelbo_bits_per_char_stderr"] > 0
     assert out["stderr_kind"] == "monte_carlo"
     assert 2900 <= out["characters"] <= 3100 and out["tokens"] > 0

@@ -50,7 +50,7 @@ def test_prefix_special_and_padding_never_masked(which, request):
     tokenizer = request.getfixturevalue(which)
     texts = ["The quick brown fox jumps over the lazy dog.", "A short one.", "Python is a language."]
     examples = _batch(tokenizer, texts)
-    collator = MaskingCollator(tokenizer, mask_probs=[1.0], prefix_length=3, seed=0)
+    collator = MaskingCollator(tokenizer, ratios=[1.0], prefix_length=3, seed=0)
     batch = collator(examples)
     x0 = torch.stack([e["input_ids"] for e in examples])
     am = torch.stack([e["attention_mask"] for e in examples])
@@ -89,7 +89,7 @@ def test_batch_mode_uses_one_seed_ratio_per_batch(bpe_tokenizer):
 
 
 def test_example_mode_draws_ratio_per_example(bpe_tokenizer):
-    t = MaskingCollator(bpe_tokenizer, mode="example", mask_probs=[0.2, 0.7], seed=0).draw_t(256)
+    t = MaskingCollator(bpe_tokenizer, mode="example", ratios=[0.2, 0.7], seed=0).draw_t(256)
     assert sorted({round(v, 4) for v in t.tolist()}) == [0.2, 0.7]
 
 

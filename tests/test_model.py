@@ -5,18 +5,10 @@ import json
 import pytest
 import torch
 
-from tdlib.causal import build_causal_model
+from tdlib.checkpoint import resolve_checkpoint, validate_model_dir
 from tdlib.errors import UserError
-from tdlib.model import (
-    as_denoiser,
-    head_transform,
-    load_checkpoint,
-    load_model,
-    resolve_checkpoint,
-    save_model,
-    split_mlm,
-    validate_model_dir,
-)
+from tdlib.heads import head_transform, split_mlm
+from tdlib.model import as_denoiser, build_causal_model, load_checkpoint, load_model, save_model
 
 
 @pytest.mark.parametrize(

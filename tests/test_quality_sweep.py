@@ -34,7 +34,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def reference(bpe_tokenizer):
     """A tiny untrained GPT-2 on the scratch tokenizer, in eval mode (no dropout)."""
-    from tdlib.causal import build_causal_model
+    from tdlib.model import build_causal_model
 
     return build_causal_model(bpe_tokenizer, n_layer=1, n_embd=32, n_head=2, max_length=64).eval(), bpe_tokenizer
 

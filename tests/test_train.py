@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -18,23 +19,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from tdlib.causal import build_causal_model
+from tdlib.checkpoint import validate_model_dir
 from tdlib.data import make_examples
 from tdlib.errors import UserError
-from tdlib.masking import MaskingCollator
-from tdlib.model import freeze_bottom, load_checkpoint, set_dropout, validate_model_dir
-from tdlib.train import (
-    MaskedDiffusionLoss,
-    TrainConfig,
+from tdlib.heads import (
+    freeze_bottom,
     head_parameters,
     init_head_transform,
     init_output_bias,
-    load_or_train,
-    lr_at,
     param_groups,
-    preset,
-    train,
+    set_dropout,
 )
+from tdlib.masking import MaskingCollator, content_ids
+from tdlib.model import build_causal_model, load_checkpoint
+from tdlib.objectives import MaskedDiffusionLoss
+from tdlib.train import PRESETS, TrainConfig, load_or_train, lr_at, preset, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,7 +155,7 @@ def test_truncated_newest_checkpoint_is_skipped_on_resume(finished_run, tmp_path
     w = run / "checkpoint-6" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
     (run / "latest").write_text("checkpoint-6\n")
-    from tdlib.train import resolve_checkpoint_for_resume
+    from tdlib.checkpoint import resolve_checkpoint_for_resume
 
     assert resolve_checkpoint_for_resume(run).name == "checkpoint-4"
 
@@ -167,12 +166,12 @@ def test_loss_falls_when_overfitting_one_batch(scratch):
     texts = ["the cat sat on the mat and the dog sat on the log"] * 4
     enc = tokenizer(texts, padding="max_length", max_length=24, return_tensors="pt")
     examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
-    batch = MaskingCollator(tokenizer, mask_probs=[0.5], prefix_length=0, seed=0)(examples)
+    batch = MaskingCollator(tokenizer, ratios=[0.5], prefix_length=0, seed=0)(examples)
     loss_fn = MaskedDiffusionLoss(model, "uniform")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        loss = loss_fn(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"], batch["scorable"])
+        loss = loss_fn(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -185,11 +184,10 @@ def test_elbo_weighting_divides_by_t(scratch):
     model = type(model)(model.config).eval()  # no dropout: both losses see the same logits
     enc = tokenizer(["one two three four five six seven"] * 2, return_tensors="pt")
     examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
-    batch = MaskingCollator(tokenizer, mask_probs=[0.5], prefix_length=0, seed=1)(examples)
-    args = (batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"], batch["scorable"])
+    batch = MaskingCollator(tokenizer, ratios=[0.5], prefix_length=0, seed=1)(examples)
     with torch.no_grad():
-        uniform = MaskedDiffusionLoss(model, "uniform")(*args)
-        elbo = MaskedDiffusionLoss(model, "elbo")(*args)
+        uniform = MaskedDiffusionLoss(model, "uniform")(batch)
+        elbo = MaskedDiffusionLoss(model, "elbo")(batch)
     masked = (batch["labels"] != -100).sum()
     expected = uniform * masked / 0.5 / batch["scorable"].sum()
     assert torch.allclose(elbo, expected, rtol=1e-5)
@@ -226,7 +224,8 @@ def test_count_weighting_estimates_the_same_bound_as_elbo_with_less_variance():
     spread = {}
     for weighting in ("elbo", "count"):
         loss = MaskedDiffusionLoss(model, weighting)
-        means = torch.stack([loss(xt[rows], None, labels[rows], t[rows], scorable[rows])
+        means = torch.stack([loss({"input_ids": xt[rows], "attention_mask": None, "labels": labels[rows],
+                                   "t": t[rows], "scorable": scorable[rows]})
                              for rows in torch.arange(draws).chunk(groups)])
         spread[weighting] = means.std().item()
         assert abs(means.mean().item() - exact) < 4 * spread[weighting] / math.sqrt(groups), (weighting, means.mean())
@@ -258,7 +257,7 @@ def test_unigram_head_init_makes_the_first_guess_the_unigram_distribution(scratc
     model = type(model)(model.config).eval()
     lines = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
     examples = make_examples(lines, tokenizer, 16, "lines")
-    assert init_output_bias(model, examples, tokenizer)
+    assert init_output_bias(model, content_ids(examples, tokenizer))
     bias = model.get_output_embeddings().bias
     ids = examples.input_ids[examples.attention_mask.bool()]
     content = ids[~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))]
@@ -274,7 +273,7 @@ def test_good_turing_head_init_gives_the_unseen_tokens_the_share_of_the_tokens_s
     model = type(model)(model.config).eval()
     lines = ["the cat sat on the mat", "the dog sat on the log", "a cat and a dog"]
     examples = make_examples(lines, tokenizer, 16, "lines")
-    assert init_output_bias(model, examples, tokenizer, good_turing=True)
+    assert init_output_bias(model, content_ids(examples, tokenizer), good_turing=True)
     p = torch.softmax(model.get_output_embeddings().bias.detach().double(), 0)
     ids = examples.input_ids[examples.attention_mask.bool()]
     counts = torch.bincount(ids[~torch.isin(ids, torch.tensor(tokenizer.all_special_ids))],
@@ -398,7 +397,7 @@ def test_a_resumed_run_keeps_the_clock_of_its_checkpoint(tmp_path):
     "overrides, match",
     [
         (dict(prefix_length=200), "prefix-length"),
-        (dict(mask_probs=(1.5,)), "outside"),
+        (dict(ratios=(1.5,)), "outside"),
         (dict(loss_weighting="nope"), "loss-weighting"),
         (dict(batch_size=0), "batch-size"),
         (dict(learning_rate=-1.0), "learning-rate"),
@@ -447,7 +446,8 @@ def test_two_cpu_processes_agree_on_when_the_clock_ends_the_run(tmp_path):
 
 
 def test_causal_baseline_trains_resumes_and_scores_exact_nll(finished_run, tmp_path):
-    from tdlib.causal import causal_nll, load_causal
+    from tdlib.evaluate import causal_nll
+    from tdlib.model import load_causal
 
     full, stopped = tmp_path / "ar", tmp_path / "ar-stopped"
     result = train(smoke(full, objective="causal"), progress=False)
@@ -472,32 +472,33 @@ def test_causal_baseline_trains_resumes_and_scores_exact_nll(finished_run, tmp_p
 def _masked_batch(tokenizer, seed: int = 3):
     enc = tokenizer(["the cat sat on the mat and the dog sat on the log"] * 3, return_tensors="pt")
     examples = [{"input_ids": i, "attention_mask": a} for i, a in zip(enc["input_ids"], enc["attention_mask"])]
-    batch = MaskingCollator(tokenizer, mask_probs=[0.6], prefix_length=0, seed=seed)(examples)
-    return (batch["input_ids"], batch["attention_mask"], batch["labels"], batch["t"], batch["scorable"])
+    batch = MaskingCollator(tokenizer, ratios=[0.6], prefix_length=0, seed=seed)(examples)
+    return batch
 
 
 def test_a_head_vocabulary_of_every_token_gives_the_full_loss(scratch):
     model, tokenizer = scratch
     model = type(model)(model.config).eval()
-    args = _masked_batch(tokenizer)
+    batch = _masked_batch(tokenizer)
     every = torch.arange(model.config.vocab_size)
-    full = MaskedDiffusionLoss(model, "elbo")(*args)
-    assert torch.allclose(MaskedDiffusionLoss(model, "elbo", every)(*args), full, rtol=1e-6)
+    full = MaskedDiffusionLoss(model, "elbo")(batch)
+    assert torch.allclose(MaskedDiffusionLoss(model, "elbo", every)(batch), full, rtol=1e-6)
 
 
 def test_a_restricted_head_vocabulary_is_a_softmax_over_those_columns_only(scratch):
     model, tokenizer = scratch
     model = type(model)(model.config).eval()
-    input_ids, attention_mask, labels, t, scorable = args = _masked_batch(tokenizer)
+    batch = _masked_batch(tokenizer)
+    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     where = labels != -100
     vocab = torch.unique(torch.cat([labels[where], torch.arange(5, 40)]))  # every label, and some other tokens
-    loss = MaskedDiffusionLoss(model, "uniform", vocab)(*args)
+    loss = MaskedDiffusionLoss(model, "uniform", vocab)(batch)
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[where][:, vocab]  # (M, S)
     column = (labels[where][:, None] == vocab).float().argmax(1)
     expected = F.cross_entropy(logits, column)
     assert torch.allclose(loss, expected, rtol=1e-5)
-    assert loss < MaskedDiffusionLoss(model, "uniform")(*args)  # fewer tokens share the mass
+    assert loss < MaskedDiffusionLoss(model, "uniform")(batch)  # fewer tokens share the mass
 
 
 def test_head_vocab_train_trains_over_the_training_tokens_and_keeps_the_whole_vocabulary(tmp_path):
@@ -511,3 +512,24 @@ def test_head_vocab_train_trains_over_the_training_tokens_and_keeps_the_whole_vo
     assert any(math.isfinite(r.get("nelbo_bits_per_char", math.nan)) for r in seen)  # scored over every token
     with pytest.raises(UserError, match="--head-vocab"):
         smoke(tmp_path / "bad", head_vocab="some")
+
+
+def test_the_defaults_are_the_original_experiment_and_presets_list_only_their_differences():
+    assert TrainConfig() == preset("seed")
+    assert (TrainConfig().model_name, TrainConfig().dataset, TrainConfig().example_mode) == (
+        "roberta-base", "wikitext-2", "lines")
+    defaults = dataclasses.asdict(TrainConfig())
+    for name, values in PRESETS.items():
+        assert all(defaults[k] != v for k, v in values.items()), name
+
+
+def test_a_checkpoint_of_an_older_run_with_mask_probs_in_its_config_resumes(finished_run, tmp_path):
+    out = tmp_path / "older"
+    shutil.copytree(finished_run[0], out)
+    for folder in [out / "final-model", *out.glob("checkpoint-*")]:
+        recorded = json.loads((folder / "training_config.json").read_text())
+        recorded["mask_probs"] = recorded.pop("ratios")  # as runs before the rename wrote it
+        (folder / "training_config.json").write_text(json.dumps(recorded))
+    shutil.rmtree(out / "final-model")
+    result = train(smoke(out), resume=True, progress=False)
+    assert result.final_step == 8 and result.final_model is not None

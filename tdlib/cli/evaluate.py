@@ -15,14 +15,13 @@ import json
 import math
 import time
 
+from tdlib.checkpoint import resolve_checkpoint, training_config
 from tdlib.cli import seed_value
-from tdlib.data import MODES, get_split, load_corpus, make_examples
+from tdlib.data import EXAMPLE_MODES, SPLITS, get_split, load_corpus, make_examples
 from tdlib.errors import check
-from tdlib.evaluate import DEFAULT_RATIOS, discrete_bound, nelbo
-from tdlib.masking import protected_positions
-from tdlib.model import as_denoiser, load_checkpoint, resolve_checkpoint, training_config
-
-SPLITS = ("train", "valid", "test")
+from tdlib.evaluate import discrete_bound, nelbo
+from tdlib.masking import ORIGINAL_RATIOS, protected_positions
+from tdlib.model import as_denoiser, load_checkpoint, max_sequence_length
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding train.txt/valid.txt/test.txt")
     parser.add_argument("--split", default="valid", choices=SPLITS, help="which split to score (default: valid)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per block (default: as trained, else 128)")
-    parser.add_argument("--mode", default=None, choices=MODES, help="examples: lines or packed (default: as trained)")
+    parser.add_argument("--mode", default=None, choices=EXAMPLE_MODES, help="examples: lines or packed (default: as trained)")
     parser.add_argument(
         "--max-characters", type=int, default=None, help="score only the first N characters of the split (default: all)"
     )
@@ -57,14 +56,6 @@ def _first_characters(lines: list[str], max_characters: int | None) -> list[str]
     return kept
 
 
-def _position_limit(model) -> int | None:
-    """Longest block the model's position embeddings allow, if it says."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= 2  # RoBERTa positions start after the padding index
-    return limit
-
-
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -84,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     check(max_length >= 4, f"--max-length must be at least 4, got {max_length}")
     model, tokenizer = load_checkpoint(model_dir)
     check(tokenizer.mask_token_id is not None, f"the tokenizer in {model_dir} has no mask token; is it a masked LM?")
-    limit = _position_limit(model)
+    limit = max_sequence_length(model)
     check(limit is None or max_length <= limit, f"--max-length {max_length} exceeds the model's {limit} positions")
     lines = _first_characters(get_split(load_corpus(dataset, data_dir), args.split), args.max_characters)
     examples = make_examples(lines, tokenizer, max_length, mode)
@@ -98,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, attention_mask=attention_mask, progress=True,
     )
     bound = nelbo(denoiser, x0, scorable, samples_per_sequence=args.samples, **common)
-    discrete = discrete_bound(denoiser, x0, scorable, DEFAULT_RATIOS, **common)
+    discrete = discrete_bound(denoiser, x0, scorable, ORIGINAL_RATIOS, **common)
     seconds = time.perf_counter() - start
 
     result = {

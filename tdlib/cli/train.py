@@ -1,76 +1,98 @@
-"""`tdlib train`: the training loop from the command line (see `tdlib.train`)."""
+"""`tdlib train`: the training loop from the command line (see `tdlib.train`).
+
+Every `TrainConfig` field is either a flag (`FLAGS`, named after the field
+unless it says otherwise, its type read from the field's) or listed in
+`NOT_FLAGS` with the reason; a test keeps the two lists and the fields equal.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from tdlib.cli import seed_value
+from tdlib.data import EXAMPLE_MODES
 from tdlib.errors import UserError
-from tdlib.masking import MODES, parse_ratios
+from tdlib.heads import HEAD_INITS
+from tdlib.masking import MASKING_MODES, parse_ratios
+from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS
+
+FLAGS: dict[str, dict] = {  # TrainConfig field -> argparse options of its flag (plus "flag": its name if not --field)
+    "objective": dict(choices=list(OBJECTIVES), help="diffusion (masked LM, default) or causal (the autoregressive "
+                                                     "baseline, same tokenizer and size)"),
+    "model_name": dict(help="minilm (packaged), scratch (small RoBERTa + BPE), a hub id or a local folder"),
+    "dataset": dict(help="pydoc (embedded), wikitext-2, wikitext-2-v1, or a text file or folder"),
+    "data_dir": dict(help="folder with train.txt/valid.txt/test.txt for wikitext-2 (e.g. ../shared/data)"),
+    "example_mode": dict(choices=EXAMPLE_MODES, help="one example per line (the original experiment) or packed blocks"),
+    "epochs": dict(),
+    "max_steps": dict(help="stop after this many optimizer steps (overrides --epochs)"),
+    "batch_size": dict(),
+    "grad_accum": dict(help="micro-batches per optimizer step"),
+    "learning_rate": dict(),
+    "warmup_steps": dict(),
+    "max_length": dict(help="tokens per example"),
+    "prefix_length": dict(help="content tokens at the start that are never masked"),
+    "ratios": dict(flag="--mask-probs", type=str, help="comma-separated mask ratios, e.g. 1.0,0.9,...,0.1"),
+    "masking": dict(choices=MASKING_MODES, help="one ratio per batch, per example, t~U(eps,1) per example, or the "
+                                                "same spread evenly over the batch"),
+    "loss_weighting": dict(choices=WEIGHTINGS),
+    "head_init": dict(choices=HEAD_INITS, help="start of a new LM head: random (as built), unigram (output bias = "
+                      "log frequencies of the training tokens) or identity (the unigram bias, and the head's "
+                      "transform starts as a shifted identity map)"),
+    "head_lr_scale": dict(help="learning-rate multiplier for the LM head's own parameters"),
+    "head_vocab": dict(choices=HEAD_VOCABS, help="the training softmax over all tokens, or only those in the training "
+                                                 "text (a cheaper step; evaluation and sampling keep every token)"),
+    "dropout": dict(help="dropout probability for the whole model (0 turns it off; default: the model's)"),
+    "freeze_embeddings": dict(help="keep the input embeddings (and an output layer tied to them) fixed: a cheaper step"),
+    "freeze_layers": dict(help="keep the lowest N transformer layers fixed: a cheaper step"),
+    "eval_steps": dict(),
+    "save_steps": dict(),
+    "save_total_limit": dict(),
+    "time_budget_s": dict(flag="--time-budget", help="stop and save after this many seconds (inf: no limit)"),
+    "lr_over_time": dict(help="decay the learning rate to zero over --time-budget seconds instead of over the steps"),
+    "output_dir": dict(help="run directory (default: runs/PRESET)"),
+    "seed": dict(type=seed_value),
+}
+NOT_FLAGS = {  # TrainConfig fields with no flag, and why: the presets and the Python API set them
+    "weight_decay": "AdamW's usual 0.01 fits every preset",
+    "max_grad_norm": "clipping at 1.0 fits every preset",
+    "log_steps": "set by the presets; the metrics log's density, not a training setting",
+    "eval_examples": "set by the presets",
+    "save_at": "extra checkpoint steps for benchmarks (bench/), a list",
+    "save_at_s": "checkpoints by the clock for benchmarks (bench/), a list",
+    "scratch": "the sizes of a scratch model, a dict",
+    "causal": "the sizes of the causal baseline, a dict",
+}
+TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "str": str, "str | None": str,
+         "bool": argparse.BooleanOptionalAction}  # a field's annotation -> its flag's type (or action)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib train`; unset flags take the preset's value."""
-    from tdlib.train import HEAD_INITS, HEAD_VOCABS, OBJECTIVES, PRESETS, WEIGHTINGS
+    from tdlib.train import PRESETS, TrainConfig
 
-    a = parser.add_argument
-    a("--preset", choices=sorted(PRESETS), default="cpu", help="base settings (default: cpu)")
-    a("--objective", choices=OBJECTIVES,
-      help="diffusion (masked LM, default) or causal (the autoregressive baseline, same tokenizer and size)")
-    a("--model-name", help="minilm (packaged), scratch (small RoBERTa + BPE), a hub id or a local folder")
-    a("--dataset", help="pydoc (embedded), wikitext-2, wikitext-2-v1, or a text file or folder")
-    a("--data-dir", help="folder with train.txt/valid.txt/test.txt for wikitext-2 (e.g. ../shared/data)")
-    a("--example-mode", choices=["lines", "packed"], help="one example per line (the seed) or packed blocks")
-    a("--epochs", type=float)
-    a("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    a("--batch-size", type=int)
-    a("--grad-accum", type=int, help="micro-batches per optimizer step")
-    a("--learning-rate", type=float)
-    a("--warmup-steps", type=int)
-    a("--max-length", type=int, help="tokens per example")
-    a("--prefix-length", type=int, help="content tokens at the start that are never masked")
-    a("--mask-probs", help="comma-separated mask ratios, e.g. 1.0,0.9,...,0.1")
-    a("--masking", choices=list(MODES),
-      help="one ratio per batch, per example, t~U(eps,1) per example, or the same spread evenly over the batch")
-    a("--loss-weighting", choices=WEIGHTINGS)
-    a("--head-init", choices=HEAD_INITS,
-      help="start of a new LM head: random (as built), unigram (output bias = log frequencies of the training "
-           "tokens) or identity (the unigram bias, and the head's transform starts as a shifted identity map)")
-    a("--head-lr-scale", type=float, help="learning-rate multiplier for the LM head's own parameters")
-    a("--head-vocab", choices=HEAD_VOCABS,
-      help="the training softmax over all tokens, or only those in the training text (a cheaper step; "
-           "evaluation and sampling keep every token)")
-    a("--dropout", type=float, help="dropout probability for the whole model (0 turns it off; default: the model's)")
-    a("--freeze-embeddings", action=argparse.BooleanOptionalAction,
-      help="keep the input embeddings (and an output layer tied to them) fixed: a cheaper step")
-    a("--freeze-layers", type=int, help="keep the lowest N transformer layers fixed: a cheaper step")
-    a("--eval-steps", type=int)
-    a("--save-steps", type=int)
-    a("--save-total-limit", type=int)
-    a("--time-budget", type=float, dest="time_budget_s", help="stop and save after this many seconds (inf: no limit)")
-    a("--lr-over-time", action=argparse.BooleanOptionalAction,
-      help="decay the learning rate to zero over --time-budget seconds instead of over the steps")
-    a("--output-dir", help="run directory (default: runs/PRESET)")
-    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    a("--seed", type=seed_value)
-    a("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="base settings (default: cpu)")
+    annotations = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for name, options in FLAGS.items():
+        options = dict(options)
+        flag = options.pop("flag", "--" + name.replace("_", "-"))
+        kind = TYPES[annotations[name]] if "type" not in options else options.pop("type")
+        if kind is argparse.BooleanOptionalAction:
+            options["action"] = kind
+        elif "choices" not in options:
+            options["type"] = kind
+        parser.add_argument(flag, dest=name, **options)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig the flags describe."""
     from tdlib.train import preset
 
-    overrides = {
-        name: getattr(args, name)
-        for name in (
-            "objective", "model_name", "dataset", "data_dir", "example_mode", "epochs", "max_steps", "batch_size",
-            "grad_accum", "learning_rate", "warmup_steps", "max_length", "prefix_length", "masking",
-            "loss_weighting", "eval_steps", "save_steps", "save_total_limit", "time_budget_s", "lr_over_time", "seed",
-            "head_init", "head_lr_scale", "head_vocab", "dropout", "freeze_embeddings", "freeze_layers",
-        )
-    }
-    if args.mask_probs is not None:
-        overrides["mask_probs"] = parse_ratios(args.mask_probs)
+    overrides = {name: getattr(args, name) for name in FLAGS}
+    if args.ratios is not None:
+        overrides["ratios"] = parse_ratios(args.ratios)
     overrides["output_dir"] = args.output_dir or f"runs/{args.preset}"
     return preset(args.preset, **overrides)
 

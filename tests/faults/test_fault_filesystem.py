@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tdlib.checkpoint import validate_model_dir
 from tdlib.cli import main
-from tdlib.model import validate_model_dir
 
 
 def is_writable(folder: Path) -> bool:
@@ -46,7 +46,7 @@ def no_work(monkeypatch):
         raise AssertionError("training work started before the output directory was checked")
 
     monkeypatch.setattr("tdlib.train.load_corpus", started)
-    monkeypatch.setattr("tdlib.train.load_model", started)
+    monkeypatch.setattr("tdlib.objectives.load_model", started)
 
 
 def train(capsys, out, *extra) -> tuple[int, str, str]:
@@ -141,7 +141,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one_and_resumes(tmp_
 
 
 def test_disk_full_while_logging_metrics_is_an_error_line(tmp_path, capsys, monkeypatch):
-    from tdlib.train import MetricsLog
+    from tdlib.checkpoint import MetricsLog
 
     real_write = MetricsLog.write
 

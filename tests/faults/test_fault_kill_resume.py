@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tdlib.model import validate_model_dir
+from tdlib.checkpoint import validate_model_dir
 
 STEPS, SAVE_STEPS, EVAL_STEPS, KILLS = 32, 2, 6, 3
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -23,7 +23,7 @@ def oom(*args, **kwargs):
 
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_out_of_memory_suggests_half_the_micro_batch(tmp_path, capsys, monkeypatch, command):
-    monkeypatch.setattr("tdlib.train.MaskedDiffusionLoss.forward", oom)
+    monkeypatch.setattr("tdlib.objectives.MaskedDiffusionLoss.forward", oom)
     extra = ["--batch-size", "8", "--max-steps", "2"] if command == "train" else []
     code = main([command, "--preset", "smoke", "--quiet", "--output-dir", str(tmp_path / "run"), *extra])
     out, err = capsys.readouterr()
