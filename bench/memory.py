@@ -60,8 +60,9 @@ def _child(part: str, args) -> dict[str, float]:
         examples = make_bench_examples(lines, tokenizer, config.max_length, config.example_mode)
         runner = TdlibRunner(part, model, tokenizer, examples, config, total_steps=10)
         if part == "train_full_head":
-            def full_loss(input_ids, attention_mask, labels, t, scorable):
-                return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            def full_loss(batch):
+                return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             labels=batch["labels"]).loss
 
             runner.loss_module.forward = full_loss
 
@@ -77,6 +78,7 @@ def _child(part: str, args) -> dict[str, float]:
 
 
 def main() -> int:
+    """Measure each part in a fresh process and print the peak memory figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=("minilm", "scratch"))
     parser.add_argument("--batch-size", type=int, default=16)

@@ -88,7 +88,8 @@ def score(checkpoint: Path, causal: bool, dataset: str, data_dir: Path, valid_ch
     return {"bits_per_char": r["nelbo_bits_per_char"], "stderr": r["nelbo_bits_per_char_stderr"]}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Train each runner for the same seconds, score its checkpoints, print the figures."""
     from tdlib.train import preset, train
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -263,7 +263,25 @@ def profile_cpu_preset(args, steps: int, warmup: int = 2) -> dict[str, object]:
     return figures
 
 
-def main() -> int:
+def runner_figures(results: dict[str, list[tuple[float, int, int]]], counts, batch: int, length: int,
+                   peak: float) -> tuple[dict[str, object], dict[str, float]]:
+    """Each runner's figures (step time, tokens/s, real-token share, GFLOPs, MFU) and its median tokens/s."""
+    figures: dict[str, object] = {}
+    rates = {}
+    for name, steps in results.items():
+        rates[name] = median([tok / s for s, tok, _ in steps])
+        seconds = sum(s for s, _, _ in steps)
+        flops = sum(train_step_flops(counts, batch, length, head) for _, _, head in steps)
+        figures[f"{name}_s_per_step"] = median([s for s, _, _ in steps])
+        figures[f"{name}_real_tokens_per_s"] = rates[name]
+        figures[f"{name}_real_token_fraction"] = sum(tok for _, tok, _ in steps) / (len(steps) * batch * length)
+        figures[f"{name}_gflops_per_step"] = flops / len(steps) / 1e9
+        figures[f"{name}_mfu_pct"] = 100 * flops / seconds / 1e9 / peak
+    return figures, rates
+
+
+def parse_args() -> argparse.Namespace:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm", choices=("minilm", "scratch"))
     parser.add_argument("--corpus", default="wikitext-2-v1", choices=("wikitext-2-v1", "pydoc"),
@@ -280,7 +298,12 @@ def main() -> int:
                         help="add a fourth runner: (c) with the foreach AdamW that the loop's fused one replaced")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="instead: profile STEPS steps of the cpu preset's step and print the top costs")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    """Run the runners in interleaved rounds and print their figures."""
+    args = parse_args()
     threads = setup_threads(args.threads)
     if args.profile:
         print_figures(profile_cpu_preset(args, args.profile))
@@ -332,19 +355,7 @@ def main() -> int:
             print(f"{runner.name} median s per phase: " + ", ".join(
                 f"{k} {median(v):.3f}" for k, v in runner.phase_seconds.items()), file=sys.stderr)
 
-    counts = mlm_flop_counts(model)
-    figures: dict[str, object] = {}
-    rates = {}
-    for name, steps in results.items():
-        step_rates = [tok / s for s, tok, _ in steps]
-        rates[name] = median(step_rates)
-        seconds = sum(s for s, _, _ in steps)
-        flops = sum(train_step_flops(counts, batch, length, head) for _, _, head in steps)
-        figures[f"{name}_s_per_step"] = median([s for s, _, _ in steps])
-        figures[f"{name}_real_tokens_per_s"] = rates[name]
-        figures[f"{name}_real_token_fraction"] = sum(tok for _, tok, _ in steps) / (len(steps) * batch * length)
-        figures[f"{name}_gflops_per_step"] = flops / len(steps) / 1e9
-        figures[f"{name}_mfu_pct"] = 100 * flops / seconds / 1e9 / peak
+    figures, rates = runner_figures(results, mlm_flop_counts(model), batch, length, peak)
     figures["matmul_peak_gflops"] = peak
     figures["threads"] = threads
     figures["trainer_optim"] = runners[0].optim

@@ -165,6 +165,43 @@ def _across_sequence_variance(per_sequence: torch.Tensor) -> float:
     return float(n * per_sequence.var(unbiased=True)) if n > 1 else math.nan
 
 
+def _nelbo_draws(scorable: torch.Tensor, n: torch.Tensor, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NELBO's random draws from ``seed`` alone: k ~ U{1..n} (R, N) and each position's rank (R, N, L).
+
+    Masking the positions of rank < k masks a uniformly random set of size k.
+    Everything is drawn up front, so results do not depend on the batch size.
+    """
+    num_seq, length = scorable.shape
+    g = torch.Generator().manual_seed(int(seed))
+    k = (torch.rand(draws, num_seq, generator=g, dtype=torch.float64) * n).long() + 1  # (R, N) k ~ U{1..n}
+    k = torch.minimum(k, n.clamp(min=1))  # guards the u -> 1 rounding edge; n = 0 rows score nothing
+    scores = torch.rand(draws, num_seq, length, generator=g, dtype=torch.float64)  # (R, N, L)
+    scores = scores.masked_fill(~scorable.cpu(), math.inf)
+    return k, scores.argsort(-1).argsort(-1)  # (R, N), (R, N, L) rank of each position's score in its row
+
+
+def _nelbo_variance(estimates: torch.Tensor) -> tuple[float, str]:
+    """The variance of the NELBO total from its (R, N) estimates, and which kind it is.
+
+    The total is a sum over sequences whose draws are independent, so
+    Var(total) = sum_x Var(estimate of x). With
+    ``samples_per_sequence`` R > 1 each term is estimated by the sample variance
+    across that sequence's R draws divided by R (``stderr_kind`` =
+    "monte_carlo"): the Monte Carlo error for this fixed evaluation set, the
+    right one for comparing models on the same data. With R = 1 there is no
+    within-sequence spread, so we use N times the sample variance of the N
+    per-sequence estimates (``stderr_kind`` = "across_sequences"). That spread
+    also contains the genuine differences between sequences (length, content),
+    so it overstates the Monte Carlo error of this set; it is the standard error
+    one would quote if the N sequences were a random sample from the data
+    distribution and the quantity of interest were its expectation.
+    """
+    draws = estimates.shape[0]
+    if draws > 1:
+        return float((estimates.var(0, unbiased=True) / draws).sum()), "monte_carlo"
+    return _across_sequence_variance(estimates.mean(0)), "across_sequences"
+
+
 def nelbo(
     denoiser: Denoiser,
     x0: torch.Tensor,
@@ -205,38 +242,19 @@ def nelbo(
     (characters of the original text, so tokenizers are comparable),
     ``nelbo_bits_per_char_stderr``, ``nats_per_token`` (per scorable token),
     ``perplexity_bound`` = exp(nats_per_token), ``tokens``, ``characters``,
-    ``nelbo_nats``, ``sequences``, ``samples_per_sequence`` and ``stderr_kind``.
-    Every k and M comes from `seed` alone (not from the model or the batch
+    ``nelbo_nats``, ``sequences``, ``samples_per_sequence`` and ``stderr_kind``
+    (`_nelbo_variance` says which standard error is which). Every k and M comes from `seed` alone (not from the model or the batch
     size), so two models scored with one seed see the same masks: their
     difference is less noisy than their two standard errors suggest.
-
-    Standard error. The total is a sum over sequences whose draws are
-    independent, so Var(total) = sum_x Var(estimate of x). With
-    ``samples_per_sequence`` R > 1 each term is estimated by the sample variance
-    across that sequence's R draws divided by R (``stderr_kind`` =
-    "monte_carlo"): the Monte Carlo error for this fixed evaluation set, the
-    right one for comparing models on the same data. With R = 1 there is no
-    within-sequence spread, so we use N times the sample variance of the N
-    per-sequence estimates (``stderr_kind`` = "across_sequences"). That spread
-    also contains the genuine differences between sequences (length, content),
-    so it overstates the Monte Carlo error of this set; it is the standard error
-    one would quote if the N sequences were a random sample from the data
-    distribution and the quantity of interest were its expectation.
     """
     _check_inputs(x0, scorable, attention_mask)
     check(num_characters > 0, f"num_characters must be positive, got {num_characters}")
     check(samples_per_sequence >= 1, f"samples_per_sequence must be >= 1, got {samples_per_sequence}")
     check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
-    num_seq, length = x0.shape
     draws = int(samples_per_sequence)
     n = scorable.sum(-1).cpu()  # (N,) scorable tokens per sequence
-    # every random number is drawn up front from the seed: results do not depend on batch_size
-    g = torch.Generator().manual_seed(int(seed))
-    k = (torch.rand(draws, num_seq, generator=g, dtype=torch.float64) * n).long() + 1  # (R, N) k ~ U{1..n}
-    k = torch.minimum(k, n.clamp(min=1))  # guards the u -> 1 rounding edge; n = 0 rows score nothing
-    scores = torch.rand(draws, num_seq, length, generator=g, dtype=torch.float64)  # (R, N, L)
-    scores = scores.masked_fill(~scorable.cpu(), math.inf)
-    rank = scores.argsort(-1).argsort(-1)  # (R, N, L) rank of each position's score in its row
+    k, rank = _nelbo_draws(scorable, n, draws, seed)  # (R, N), (R, N, L)
+    num_seq = x0.shape[0]
     estimates = torch.zeros(draws, num_seq, dtype=torch.float64)  # (R, N)
     starts = range(0, num_seq, batch_size)
     with tqdm(total=draws * len(starts), desc="nelbo", disable=not progress, file=sys.stderr) as bar:
@@ -250,10 +268,7 @@ def nelbo(
                 estimates[r, rows] = n[rows] / k[r, rows] * ce.sum(-1)
                 bar.update(1)
     per_sequence = estimates.mean(0)  # (N,)
-    if draws > 1:
-        variance, kind = float((estimates.var(0, unbiased=True) / draws).sum()), "monte_carlo"
-    else:
-        variance, kind = _across_sequence_variance(per_sequence), "across_sequences"
+    variance, kind = _nelbo_variance(estimates)
     out = _bound_summary(per_sequence, variance, int(n.sum()), num_characters)
     out.update(samples_per_sequence=draws, stderr_kind=kind)
     return out

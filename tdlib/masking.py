@@ -13,10 +13,14 @@ too. This module does not compute losses or touch models.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from tdlib.errors import check
+
+if TYPE_CHECKING:
+    from tdlib.data import Examples
 
 ORIGINAL_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # the original experiment's mask ratios
 MASKING_MODES = ("batch", "example", "continuous", "stratified")  # how the collator draws t
@@ -60,8 +64,8 @@ def protected_positions(
     return protected
 
 
-def content_ids(examples, tokenizer) -> torch.Tensor:
-    """The token ids (flat) of `tdlib.data.Examples` at the positions training may mask and score."""
+def content_ids(examples: Examples, tokenizer) -> torch.Tensor:
+    """The token ids (flat) of ``examples`` at the positions training may mask and score."""
     return examples.input_ids[~protected_positions(examples.input_ids, tokenizer, examples.attention_mask)]
 
 
@@ -135,11 +139,11 @@ class MaskingCollator:
     def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         x0 = torch.stack([torch.as_tensor(e["input_ids"]) for e in examples])  # (B, L)
         if "attention_mask" in examples[0]:
-            attention_mask = torch.stack([torch.as_tensor(e["attention_mask"]) for e in examples])
+            attention_mask = torch.stack([torch.as_tensor(e["attention_mask"]) for e in examples])  # (B, L)
         else:
-            attention_mask = (x0 != self.tokenizer.pad_token_id).long()
+            attention_mask = (x0 != self.tokenizer.pad_token_id).long()  # (B, L)
         t = self.draw_t(x0.shape[0])  # (B,)
-        protected = protected_positions(x0, self.tokenizer, attention_mask, self.prefix_length)
-        xt, masked = mask_tokens(x0, t, self.tokenizer.mask_token_id, protected, self.generator)
-        labels = torch.where(masked, x0, torch.full_like(x0, IGNORE_INDEX))
+        protected = protected_positions(x0, self.tokenizer, attention_mask, self.prefix_length)  # (B, L)
+        xt, masked = mask_tokens(x0, t, self.tokenizer.mask_token_id, protected, self.generator)  # (B, L), (B, L)
+        labels = torch.where(masked, x0, torch.full_like(x0, IGNORE_INDEX))  # (B, L) x0 where masked
         return {"input_ids": xt, "attention_mask": attention_mask, "labels": labels, "t": t, "scorable": ~protected}

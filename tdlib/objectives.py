@@ -1,10 +1,10 @@
 """Training objectives: what the loop minimises, how a batch for it is made, how it is scored.
 
-An objective bundles three things the training loop calls without knowing
-which objective it runs:
+An objective (`Objective`) bundles what the training loop calls without
+knowing which objective it runs:
 
 - ``load_network(config, train_lines, resume_from)``: the network it trains
-  and its tokenizer;
+  and its tokenizer (a static method: it comes before the objective);
 - ``collate(examples, seed) -> batch``: a dict of tensors, one row per example;
 - ``loss(batch) -> scalar``: a `torch.nn.Module` (so ``accelerate`` can wrap
   it) whose ``model`` is the network;
@@ -21,7 +21,7 @@ does not run the loop (`tdlib.train`) and does not noise tokens itself
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,19 @@ if TYPE_CHECKING:
 WEIGHTINGS = ("uniform", "elbo", "count")  # how the masked CE is weighted (see MaskedDiffusionLoss)
 HEAD_VOCABS = ("all", "train")  # the training softmax over every token, or the training text's tokens
 EVAL_SEED = 1234  # the masks of every evaluation during training
+
+
+class Objective(Protocol):
+    """What the training loop needs of an objective, once built over a network."""
+
+    loss: torch.nn.Module  # loss(batch) -> scalar tensor; loss.model is the network
+    head_vocab: int | None  # columns of the training softmax (None: the whole vocabulary)
+
+    def collate(self, examples: list[dict[str, torch.Tensor]], seed: int) -> dict[str, torch.Tensor]:
+        """A batch of ``examples`` whose randomness depends on ``seed`` only."""
+
+    def evaluate(self, examples: Examples, step: int) -> dict:
+        """The metrics record of held-out ``examples`` at ``step``."""
 
 
 class MaskedDiffusionLoss(torch.nn.Module):

@@ -43,12 +43,12 @@ from tdlib.checkpoint import (
     restore_trainer_state,
     trainer_state,
 )
-from tdlib.data import EXAMPLE_MODES, get_split, load_corpus, make_examples
+from tdlib.data import EXAMPLE_MODES, Examples, get_split, load_corpus, make_examples
 from tdlib.errors import UserError, check
 from tdlib.heads import HEAD_INITS, init_head, param_groups, set_dropout
 from tdlib.masking import MASKING_MODES, ORIGINAL_RATIOS, check_ratios, content_ids
 from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model
-from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS
+from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS, Objective
 
 
 @dataclass
@@ -173,10 +173,13 @@ def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: float = 0
     the budget whatever a step costs.
     """
     if config.lr_over_time:
+        # lr * min((step + 1) / (warmup_steps + 1), 1 - elapsed_s / time_budget_s)
         warm = min((step + 1) / (config.warmup_steps + 1), 1.0)
         return config.learning_rate * min(warm, max(0.0, 1.0 - elapsed_s / config.time_budget_s))
     if step < config.warmup_steps:
+        # lr * (step + 1) / (warmup_steps + 1)
         return config.learning_rate * (step + 1) / (config.warmup_steps + 1)
+    # lr * (total_steps - step) / (total_steps - warmup_steps)
     remaining = max(total_steps - config.warmup_steps, 1)
     return config.learning_rate * max(0.0, (total_steps - step) / remaining)
 
@@ -301,13 +304,8 @@ class _Run:
         return next((cb for cb, vote in zip(self.callbacks, votes, strict=True) if vote), None)
 
 
-def train(
-    config: TrainConfig,
-    *,
-    resume: bool = False,
-    callbacks: Iterable[Callback | Callable[[dict], None]] = (),
-    progress: bool = True,
-) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
+          callbacks: Iterable[Callback | Callable[[dict], None]] = ()) -> TrainResult:
     """Run (or resume) training; every metrics record is also passed to each callback."""
     from accelerate import Accelerator
 
@@ -326,10 +324,7 @@ def train(
     objective_type = OBJECTIVES[config.objective]
     torch.manual_seed(step_seed(config.seed, -1))  # a new network's weights depend on the seed only
     model, tokenizer = objective_type.load_network(config, train_lines, resume_from)
-    check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
-    limit = max_sequence_length(model)
-    check(limit is None or config.max_length <= limit, f"--max-length {config.max_length} is longer than the "
-          f"model's {limit} positions; use --max-length {limit} or less")
+    _check_fits(model, tokenizer, config.max_length)
     train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
     valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
     eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode)
@@ -360,7 +355,7 @@ def train(
         ClockBudget(config.time_budget_s, config.lr_over_time, config.save_at_s, resumed_s),
         ProgressBar(progress and accelerator.is_main_process, shown_steps, start_step),
         *(as_callback(cb) for cb in callbacks)], start_step, resumed_s)
-    run.total_steps = math.inf if config.lr_over_time else total_steps  # the clock ends a run by the clock
+    run.total_steps = shown_steps or math.inf  # a run by the clock: the clock ends it
     if start_step == 0:
         run.emit({"step": 0, "event": "start", "max_steps": shown_steps, "config": dataclasses.asdict(config),
                   "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
@@ -387,7 +382,16 @@ def train(
     return TrainResult(out, run.step, final, last_eval, stopper is not None)
 
 
-def _loop(run: _Run, objective, model, tokenizer, train_examples, eval_examples, steps_per_epoch: int):
+def _check_fits(model, tokenizer, max_length: int) -> None:
+    """Check that the network can denoise (its tokenizer has a mask token) and read examples this long."""
+    check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
+    limit = max_sequence_length(model)
+    check(limit is None or max_length <= limit, f"--max-length {max_length} is longer than the model's {limit} "
+          f"positions; use --max-length {limit} or less")
+
+
+def _loop(run: _Run, objective: Objective, model, tokenizer, train_examples: Examples, eval_examples: Examples,
+          steps_per_epoch: int) -> tuple[Callback | None, dict | None]:
     """Optimizer steps until the run ends or a callback stops it; (the stopping callback or None, last evaluation)."""
     config, start_step, last_eval, stopper = run.config, run.step, None, None
     for cb in run.callbacks:

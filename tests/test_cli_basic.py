@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tdlib.cli import main
+from tdlib.cli import build_parser, main
 from tdlib.errors import UserError
 from tdlib.train import TrainConfig, out_of_memory_advice, preset, train
 
@@ -125,3 +126,12 @@ def test_demo_smoke_trains_then_shows_the_denoising(tmp_path):
                             str(tmp_path / "demo"), "--quiet", "--num-samples", "1"],
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing" in again.stdout
+
+
+def test_every_training_setting_is_a_flag_or_listed_as_not_one():
+    from tdlib.cli.train import FLAGS, NOT_FLAGS
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(FLAGS) | set(NOT_FLAGS) == fields and not set(FLAGS) & set(NOT_FLAGS)
+    args = build_parser().parse_args(["train", "--mask-probs", "1.0,0.5", "--no-lr-over-time", "--time-budget", "9"])
+    assert args.ratios == "1.0,0.5" and args.lr_over_time is False and args.time_budget_s == 9.0
