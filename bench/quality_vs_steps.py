@@ -84,6 +84,7 @@ def human_texts(tokenizer, dataset: str, data_dir: str | None, count: int, max_l
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the sweep on a checkpoint and write its JSON, Markdown table and figure."""
     from tdlib.checkpoint import resolve_checkpoint, training_config
     from tdlib.metrics import generative_perplexity, sample_metrics
     from tdlib.model import load_causal, load_checkpoint
