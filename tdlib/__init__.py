@@ -2,17 +2,68 @@
 
 A small library behind a hands-on course: a masked language model such as
 RoBERTa, trained to denoise text at every masking ratio, becomes a generator
-that writes by iterative unmasking. Modules, one concept each:
+that writes by iterative unmasking.
 
-- `tdlib.data`       corpora, tokenizing, making examples (lines or packed)
-- `tdlib.model`      load or build a masked LM and its tokenizer; save/reload
-- `tdlib.masking`    the forward process and the training collator
-- `tdlib.schedules`  how many tokens stay masked after each sampling step
-- `tdlib.sample`     the sampler and its trajectories
-- `tdlib.train`      the training loop, checkpoints, resume, metrics
-- `tdlib.evaluate`   likelihood bounds and sample metrics
-- `tdlib.plots`, `tdlib.widgets`  drawing what the core returns
-- `tdlib.cli`        the `tdlib` command line
+Module map: one concept per module, in three layers. The core computes and
+knows nothing of screens. The drawing layer turns what the core returns
+(metrics records, trajectories, schedules) into text, HTML and figures; it
+never trains or samples on its own, and no core module imports it. The
+command line, like the course's notebooks, only wires the two together.
+
+Core, training (a run flows corpus -> examples -> collator -> loop -> checkpoint):
+
+- `tdlib.data`        corpora (WikiText-2, Python's reference manual, text files) and
+                      training examples, one per line or packed into full blocks
+- `tdlib.model`       load, build, save and reload networks with their tokenizers:
+                      masked LMs (MiniLM, a small RoBERTa from scratch, hub models)
+                      and the causal baseline; `as_denoiser` adapts one to the sampler
+- `tdlib.heads`       network surgery: the LM head run at masked positions only, a new
+                      head's start, dropout, frozen layers, optimizer groups
+- `tdlib.masking`     the forward process (mask at ratio t, protected positions), the
+                      training collator and its masking modes, the mask ratios
+- `tdlib.objectives`  what the loop minimises, each with its batches and evaluation:
+                      the masked diffusion loss and its weightings, the causal baseline
+- `tdlib.train`       the settings (`TrainConfig`, whose defaults are the original
+                      experiment, and `PRESETS`), the learning-rate schedule, the loop
+- `tdlib.callbacks`   hooks into the loop: the clock budget, SIGTERM, the progress bar,
+                      watchers of metrics records
+- `tdlib.checkpoint`  the run directory on disk: checkpoints, the `latest` file, the
+                      resume state, `metrics.jsonl`; validating and resolving checkpoints
+
+Core, generation:
+
+- `tdlib.schedules`   unmasking schedules: how many tokens stay masked after each step
+- `tdlib.sample`      the sampler (strategies, greedy/top-k/nucleus draws through the
+                      one filter, `filter_log_probs`) and the trajectories it records
+
+Core, evaluation and ground truth:
+
+- `tdlib.evaluate`    loss per mask ratio, the NELBO, the K-level discrete bound and the
+                      causal baseline's exact NLL, in bits per character
+- `tdlib.metrics`     text metrics of samples: distinct-n, entropy, repetition,
+                      self-BLEU, generative perplexity, MAUVE
+- `tdlib.sweep`       sample quality against the number of steps: the sampler over a
+                      grid of strategies, schedules and step counts, each cell scored
+- `tdlib.oracle`      exact hidden Markov models: denoisers with known answers, for
+                      testing samplers and bounds without a trained network
+- `tdlib.toylang`     a toy English language on an exact HMM, with its tokenizer
+- `tdlib.errors`      `UserError`: a mistake the user can fix, which the command line
+                      reports in one line
+
+Drawing:
+
+- `tdlib.render`      pure rendering with no Jupyter import: tokens, trajectories,
+                      schedules and the sampler's filter as text, HTML or GIF
+- `tdlib.plots`       matplotlib figures of metrics records, schedules and sweeps
+- `tdlib.widgets`     thin ipywidgets shells over `render` and `plots`: the denoising
+                      scrubber, the live loss view, the schedule, sampling and masking explorers
+
+Wiring:
+
+- `tdlib.cli`         the `tdlib` command: argument parsing and error reporting, one
+                      module per subcommand (`cli.train`, `cli.generate`,
+                      `cli.evaluate`, `cli.monitor`, `cli.demo`)
+- `tdlib.__main__`    `python -m tdlib`, the same program as the console script
 """
 
 __version__ = "0.1.0"
