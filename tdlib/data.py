@@ -9,6 +9,10 @@ raw text lines, exactly one per row of the source. Three kinds of source:
   is the tokenized variant (rare words replaced by ``<unk>``);
 - ``pydoc``: Python's reference manual shipped with CPython
   (``pydoc_data.topics``), split deterministically by topic; always offline;
+- ``toy``: the toy language (`tdlib.toylang`), generated: each line is one draw
+  of ``num_words`` words from the language's start state, a fixed number of
+  lines per split, the same lines on every machine; it comes with its own
+  word-level tokenizer (`corpus_tokenizer`);
 - a path to a text file or a folder of ``.txt`` files.
 
 Examples are made in one of two ways: ``lines`` (one example per non-empty line,
@@ -34,6 +38,9 @@ WIKITEXT = {
     "wikitext-2-raw-v1": "wikitext-2-raw-v1",
     "wikitext-2-v1": "wikitext-2-v1",
 }
+TOY = "toy"  # the generated corpus of the toy language
+TOY_LINES = {"train": 50_000, "valid": 1_000, "test": 1_000}  # default lines per split of the toy corpus
+TOY_WORDS = 126  # default words per toy line: one draw fills a canvas of up to 128 tokens
 EXAMPLE_MODES = ("lines", "packed")  # one example per line, or full blocks of the joined text
 OFFLINE_HINT = (
     "offline alternatives: --dataset pydoc (embedded), --data-dir DIR holding "
@@ -73,12 +80,20 @@ class Examples:
 
 def corpus_names() -> list[str]:
     """The built-in corpus names."""
-    return ["pydoc", *WIKITEXT]
+    return ["pydoc", TOY, *WIKITEXT]
 
 
-def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None) -> dict[str, list[str]]:
-    """Load a corpus as ``{split: [line, ...]}``; see the module docstring for names."""
+def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None, *,
+                num_lines: int | None = None, num_words: int | None = None) -> dict[str, list[str]]:
+    """Load a corpus as ``{split: [line, ...]}``; see the module docstring for names.
+
+    ``num_lines`` (training lines) and ``num_words`` (words per line) size the
+    generated toy corpus; other corpora are read as they are.
+    """
     name = str(name_or_path)
+    check(name == TOY or num_lines is None, "--corpus-size applies to the generated toy corpus only (--dataset toy)")
+    if name == TOY:
+        return _toy_corpus(num_lines, num_words)
     if name == "pydoc":
         return _pydoc_corpus()
     if name in WIKITEXT:
@@ -98,6 +113,26 @@ def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None)
         f"unknown dataset {name!r}: use one of {', '.join(corpus_names())}, "
         "or a path to a text file or folder"
     )
+
+
+def _toy_corpus(num_lines: int | None, num_words: int | None) -> dict[str, list[str]]:
+    """The toy language's splits: ``num_lines`` training lines of ``num_words`` words (deterministic)."""
+    from tdlib.toylang import ToyLanguage
+
+    num_lines = TOY_LINES["train"] if num_lines is None else num_lines
+    num_words = TOY_WORDS if num_words is None else num_words
+    check(num_lines >= 1, f"--corpus-size must be at least 1 line, got {num_lines}")
+    check(num_words >= 1, f"a toy line needs at least 1 word, got {num_words}")
+    return ToyLanguage().corpus(num_lines, TOY_LINES["valid"], TOY_LINES["test"], num_words=num_words)
+
+
+def corpus_tokenizer(name: str, max_length: int = 512):
+    """The tokenizer a corpus comes with (the toy language's word-level one), or None: train or load one."""
+    if name != TOY:
+        return None
+    from tdlib.toylang import ToyLanguage
+
+    return ToyLanguage().tokenizer(model_max_length=max_length)
 
 
 def _read_lines(path: Path) -> list[str]:

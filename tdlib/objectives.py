@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
-from tdlib.data import Examples
+from tdlib.data import Examples, corpus_tokenizer
 from tdlib.evaluate import causal_nll, loss_by_ratio, nelbo, next_token_labels
 from tdlib.heads import freeze_bottom, head_transform, masked_logits, split_mlm
 from tdlib.masking import (
@@ -142,7 +142,10 @@ class CausalLoss(torch.nn.Module):
 
 def load_masked_lm(config: TrainConfig, train_lines: list[str]) -> Network:
     """The masked LM ``config.model_name`` names, on the CPU, and its tokenizer."""
-    scratch = {"max_length": max(config.max_length, 128), **config.scratch} if config.model_name == "scratch" else {}
+    scratch = {}
+    if config.model_name == "scratch":  # the corpus's own tokenizer (the toy language's), else a new BPE
+        length = max(config.max_length, 128)
+        scratch = {"max_length": length, "tokenizer": corpus_tokenizer(config.dataset, length), **config.scratch}
     return load_model(config.model_name, corpus_lines=train_lines, device="cpu", **scratch)
 
 

@@ -29,6 +29,10 @@ STEP_METRIC_NOTES = {
     "repetition_rate_4": "share of 4-grams repeating an earlier one in the same sample; lower = fewer loops",
     "self_bleu": "BLEU of each sample against the others; lower = samples less alike",
     "mean_words": "words per sample",
+    "grammatical_share": "share of sentences the toy language can produce (exact); higher = more grammatical",
+    "possible_share": "share of samples with probability > 0 under the toy language (exact)",
+    "true_nll_per_token": "-log p(sample) per word under the toy language, nats, possible samples only (exact); "
+                          "lower = more likely text, but also lower for dull text",
     "seconds": "sampling time of the cell (all samples), seconds",
 }
 
@@ -45,9 +49,12 @@ def _reference_limit(model: Any) -> int:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
 
 
-def _scores(texts: list[str], reference: tuple[Any, Any] | None) -> dict[str, float]:
-    """`sample_metrics` of one cell's texts, and their generative perplexity under ``reference`` if given."""
+def _scores(texts: list[str], reference: tuple[Any, Any] | None, language: Any = None) -> dict[str, float]:
+    """`sample_metrics` of one cell's texts, their generative perplexity under ``reference`` and the exact
+    scores of ``language`` (a `tdlib.toylang.ToyLanguage`), each if given."""
     scores = sample_metrics(texts)
+    if language is not None:
+        scores.update(language.score(texts))
     if reference is not None:
         ref_model, ref_tokenizer = reference
         try:
@@ -75,6 +82,7 @@ def quality_vs_steps(
     temperature: float = 1.0,
     seed: int = 0,
     reference: tuple[Any, Any] | None = None,
+    language: Any = None,
     progress: bool = False,
 ) -> list[dict]:
     """Sample metrics for every (strategy, schedule, steps) cell: how quality moves with forward passes.
@@ -85,7 +93,8 @@ def quality_vs_steps(
     ``strategy``, ``schedule``, ``steps``, ``forward_passes``, ``seconds`` (the
     sampler's time), ``texts``, the keys of `sample_metrics` and, when
     ``reference=(causal_model, causal_tokenizer)`` is given,
-    ``generative_perplexity`` (nan if no text has a token to score).
+    ``generative_perplexity`` (nan if no text has a token to score), and with
+    ``language`` (the toy language) its exact scores (`ToyLanguage.score`).
 
     Steps are clipped to the number of generated positions n (``max_length`` - 2
     - prefix tokens, or the mask tokens of an infilling prefix): beyond one token
@@ -116,7 +125,7 @@ def quality_vs_steps(
             )
             row = {"strategy": strategy, "schedule": schedule, "steps": num_steps,
                    "forward_passes": trajectory.forward_passes, "seconds": trajectory.seconds}
-            rows.append({**row, **_scores(texts, reference), "texts": texts})
+            rows.append({**row, **_scores(texts, reference, language), "texts": texts})
             bar.update()
     return rows
 

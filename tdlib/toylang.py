@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 
+from tdlib.evaluate import LN2
 from tdlib.oracle import HiddenMarkovModel
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, never emitted
@@ -113,7 +114,6 @@ GRAMMAR: dict[str, tuple[str, dict[str, float]]] = {
     ".":            (END_WORD,       CLAUSE_START),
 }  # fmt: skip
 
-LN2 = math.log(2.0)
 
 
 def _split_words(words: str | Sequence[str]) -> list[str]:
@@ -356,3 +356,29 @@ class ToyLanguage:
             "grammatical": good,
             "sentences": len(verdicts),
         }
+
+    def text_log_probs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact log p of each text as one draw from the start, in nats (-inf: impossible), and its word counts."""
+        ids = [self.encode(text) for text in texts]
+        longest = max(1, *(len(row) for row in ids))
+        # padding with [MASK] sums the positions out: log p of the words alone
+        x = torch.tensor([row + [self.mask_id] * (longest - len(row)) for row in ids])  # (N, longest)
+        return self.hmm.log_prob(x), torch.tensor([len(row) for row in ids])  # (N,), (N,)
+
+    def score(self, texts: Sequence[str]) -> dict[str, float]:
+        """Exact scores of samples: the share of grammatical sentences, of possible texts, and the true NLL per word.
+
+        ``true_nll_per_token`` is -log p(text) / words in nats, pooled over the
+        texts the language can produce at all (an impossible one has p = 0);
+        ``possible_share`` says how many those are.
+        """
+        logp, words = self.text_log_probs(texts)  # (N,), (N,)
+        possible = torch.isfinite(logp)  # (N,)
+        counted = int(words[possible].sum())
+        return {
+            "grammatical_share": self.grammatical_share(texts)["share"],
+            "possible_share": float(possible.double().mean()),
+            # -sum log p(text) / sum words, over the possible texts
+            "true_nll_per_token": float(-logp[possible].sum() / counted) if counted else math.nan,
+        }
+

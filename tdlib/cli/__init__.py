@@ -20,7 +20,7 @@ COMMANDS = {
     "generate": "write text by iterative unmasking",
     "evaluate": "likelihood bound and loss per mask ratio of a checkpoint",
     "monitor": "progress, speed and loss per ratio of a training run",
-    "demo": "the main job: train the smoke/cpu model offline, then generate",
+    "demo": "the main job: train the toy-language model offline, generate, and grade it exactly",
 }
 
 _FULL = "free some space or choose another folder (a stopped training run continues with --resume)"

@@ -17,7 +17,7 @@ import time
 
 from tdlib.checkpoint import resolve_checkpoint, training_config
 from tdlib.cli import seed_value
-from tdlib.data import EXAMPLE_MODES, SPLITS, get_split, load_corpus, make_examples
+from tdlib.data import EXAMPLE_MODES, SPLITS, TOY, get_split, load_corpus, make_examples
 from tdlib.errors import check
 from tdlib.evaluate import discrete_bound, nelbo
 from tdlib.masking import ORIGINAL_RATIOS, protected_positions
@@ -60,6 +60,15 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _true_bits_per_char(dataset: str, examples) -> float | None:
+    """The toy language's exact NLL of the examples in bits per char (None for other corpora: no truth known)."""
+    if dataset != TOY:
+        return None
+    from tdlib.toylang import ToyLanguage
+
+    return ToyLanguage().nll(examples.input_ids, examples.num_characters)["bits_per_char"]
+
+
 def run(args: argparse.Namespace) -> int:
     """Score a checkpoint on a corpus split; print a report or JSON."""
     check(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
@@ -77,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     check(tokenizer.mask_token_id is not None, f"the tokenizer in {model_dir} has no mask token; is it a masked LM?")
     limit = max_sequence_length(model)
     check(limit is None or max_length <= limit, f"--max-length {max_length} exceeds the model's {limit} positions")
-    lines = _first_characters(get_split(load_corpus(dataset, data_dir), args.split), args.max_characters)
+    corpus = load_corpus(dataset, data_dir, num_words=max_length - 2)  # a generated toy line fills the canvas
+    lines = _first_characters(get_split(corpus, args.split), args.max_characters)
     examples = make_examples(lines, tokenizer, max_length, mode)
     x0, attention_mask = examples.input_ids, examples.attention_mask  # (N, L)
     scorable = ~protected_positions(x0, tokenizer, attention_mask)  # every content token
@@ -111,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         "samples_per_sequence": args.samples,
         "seed": args.seed,
         "seconds": seconds,
+        "true_bits_per_char": _true_bits_per_char(dataset, examples),
     }
     if args.json:
         print(json.dumps(result))
@@ -126,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         + (f" +- {stderr:.4f} ({bound['stderr_kind'].replace('_', ' ')})" if stderr is not None else "")
     )
     print(f"             {bound['nats_per_token']:.4f} nats/token, perplexity <= {bound['perplexity_bound']:.2f}")
+    if result["true_bits_per_char"] is not None:
+        print(f"truth        {result['true_bits_per_char']:.4f} bits/char: the toy language's exact NLL of the same text")
     print(f"K-level      {discrete['nelbo_bits_per_char']:.4f} bits/char (discrete bound over ratios 1.0 .. 0.1)")
     print(f"loss by ratio (nats per masked token, masks fixed by --seed {args.seed}):")
     for t, v in discrete["loss_by_ratio"].items():

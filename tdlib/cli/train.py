@@ -25,7 +25,9 @@ FLAGS: dict[str, dict] = {  # TrainConfig field -> argparse options of its flag 
     "objective": dict(choices=list(OBJECTIVES), help="diffusion (masked LM, default) or causal (the autoregressive "
                                                      "baseline, same tokenizer and size)"),
     "model_name": dict(help="minilm (packaged), scratch (small RoBERTa + BPE), a hub id or a local folder"),
-    "dataset": dict(help="pydoc (embedded), wikitext-2, wikitext-2-v1, or a text file or folder"),
+    "dataset": dict(help="toy (the generated toy language), pydoc (embedded), wikitext-2, wikitext-2-v1, or a text "
+                         "file or folder"),
+    "corpus_size": dict(help="training lines of the generated toy corpus (default: 50,000)"),
     "data_dir": dict(help="folder with train.txt/valid.txt/test.txt for wikitext-2 (e.g. ../shared/data)"),
     "example_mode": dict(choices=EXAMPLE_MODES, help="one example per line (the original experiment) or packed blocks"),
     "epochs": dict(),
