@@ -12,11 +12,15 @@ command line, like the course's notebooks, only wires the two together.
 
 Core, training (a run flows corpus -> examples -> collator -> loop -> checkpoint):
 
-- `tdlib.data`        corpora (WikiText-2, Python's reference manual, text files) and
-                      training examples, one per line or packed into full blocks
+- `tdlib.data`        corpora (WikiText-2, Python's reference manual, the generated toy
+                      language, text files) and training examples, one per line or
+                      packed into full blocks
 - `tdlib.model`       load, build, save and reload networks with their tokenizers:
-                      masked LMs (MiniLM, a small RoBERTa from scratch, hub models)
-                      and the causal baseline; `as_denoiser` adapts one to the sampler
+                      masked LMs (MiniLM, a small RoBERTa or convolutional network
+                      from scratch, hub models) and the causal baseline; `as_denoiser`
+                      adapts one to the sampler
+- `tdlib.convnet`     the toy preset's network: a small convolutional masked LM,
+                      registered with the Hugging Face Auto classes
 - `tdlib.heads`       network surgery: the LM head run at masked positions only, a new
                       head's start, dropout, frozen layers, optimizer groups
 - `tdlib.masking`     the forward process (mask at ratio t, protected positions), the
@@ -46,7 +50,8 @@ Core, evaluation and ground truth:
                       grid of strategies, schedules and step counts, each cell scored
 - `tdlib.oracle`      exact hidden Markov models: denoisers with known answers, for
                       testing samplers and bounds without a trained network
-- `tdlib.toylang`     a toy English language on an exact HMM, with its tokenizer
+- `tdlib.toylang`     a toy English language on an exact HMM, with its tokenizer, its
+                      exact denoiser, its entropy rate and a grammaticality check
 - `tdlib.errors`      `UserError`: a mistake the user can fix, which the command line
                       reports in one line
 

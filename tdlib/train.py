@@ -154,7 +154,7 @@ PRESETS: dict[str, dict] = {  # each preset lists only where it differs from the
     # within a few per cent of its true entropy and writes grammatical sentences (docs/toy_preset.md)
     "toy": dict(
         model_name="scratch", dataset="toy", max_length=48, prefix_length=0, masking="stratified",
-        loss_weighting="count", max_steps=1500, batch_size=64, learning_rate=3e-3, warmup_steps=50, eval_steps=250,
+        loss_weighting="count", max_steps=2000, batch_size=64, learning_rate=3e-3, warmup_steps=50, eval_steps=250,
         save_steps=250, eval_examples=256, time_budget_s=300.0,  # a slow laptop stops (and saves) at 5 minutes
         scratch=dict(architecture="conv", hidden_size=128, num_layers=4, kernel_size=5),
     ),

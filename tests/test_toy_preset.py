@@ -140,3 +140,25 @@ def test_text_scores_separate_possible_from_impossible_text(language):
     assert scores["possible_share"] == 0.5
     logp, words = language.text_log_probs(["the fox runs ."])
     assert scores["true_nll_per_token"] == pytest.approx(float(-logp[0] / words[0]))
+
+
+def test_the_demo_trains_the_toy_preset_and_grades_it_exactly(tmp_path, monkeypatch, capsys):
+    from tdlib.cli import demo
+    from tdlib.train import PRESETS
+
+    small = dict(PRESETS["toy"], max_steps=3, corpus_size=200, batch_size=16, eval_steps=3, eval_examples=16)
+    monkeypatch.setitem(PRESETS, "toy", small)
+    monkeypatch.setattr(demo, "SCORED_SAMPLES", 8)
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--num-samples", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt 'the'" in out
+    assert "\u25af" in out  # the steps are shown, masks drawn with the one glyph
+    assert "the exact answers, on 16 held-out lines" in out
+    assert "exact denoiser" in out and "sentences grammatical" in out
+    assert "tdlib demo --preset cpu" in out and "tdlib train --preset seed" in out
+
+
+def test_a_bad_corpus_size_on_the_command_line_is_one_error_line(tmp_path, capsys):
+    assert main(["train", "--preset", "toy", "--corpus-size", "0", "--output-dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --corpus-size must be >= 1") and err.count("\n") == 1
