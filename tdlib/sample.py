@@ -1,7 +1,8 @@
 """The sampler: write text by iterative unmasking, and record the whole trajectory.
 
 `sample` starts from a canvas whose positions equal to ``mask_id`` are to be
-generated and runs exactly ``num_steps`` denoiser calls. At each step it
+generated and runs ``num_steps`` denoiser calls (at most, for ``threshold`` and
+``entropy-bound``). At each step it
 
 1. calls the denoiser once on the whole batch: ``logits = denoiser(xt)  # (B, L, V)``,
    or, if it has ``accepts_positions`` (`tdlib.model.as_denoiser` with
@@ -25,9 +26,20 @@ generated and runs exactly ``num_steps`` denoiser calls. At each step it
    - ``margin``: the largest top-1 minus top-2 probability;
    - ``entropy``: the lowest entropy of the position's distribution;
    - ``resample`` (the original experiment's method): every generated position is redrawn, then
-     a random subset of the scheduled size is masked again.
+     a random subset of the scheduled size is masked again;
+   - ``threshold`` (Fast-dLLM): every drawn token with p_T(v_i) >= ``threshold``, and at
+     least one (at least the schedule's count, so ``num_steps`` bounds the passes);
+   - ``entropy-bound`` (EB-sampler): positions in order of increasing entropy, as many as
+     keep sum(H) - max(H) of the revealed set <= ``entropy_bound`` nats, and at least one
+     (at least the schedule's count);
+   - ``remask-cap`` and ``remask-conf`` (ReMDM): before the denoiser call, each revealed
+     token is hidden again with probability ``remask_eta`` (`_hide`: capped so that the
+     step reveals no more than the schedule's busiest step), uniformly at random
+     (``cap``) or the unlikely ones first (``conf``); then a random subset is revealed.
 
-   Revealed tokens stay fixed in every strategy but ``resample``.
+   Revealed tokens stay fixed in every strategy but ``resample`` and ``remask-*``. The
+   `ADAPTIVE` strategies (``threshold``, ``entropy-bound``) stop a block as soon as it is
+   finished, so the model decides the number of forward passes (at most ``num_steps``).
 
 All samples of a call run as one batch; the only Python loop is over steps.
 Scores ("probabilities") are those of the model's distribution at the chosen
@@ -61,7 +73,12 @@ if TYPE_CHECKING:
 
     from tdlib.model import Denoiser
 
-STRATEGIES = ("random", "confidence", "margin", "entropy", "resample")
+STRATEGIES = ("random", "confidence", "margin", "entropy", "resample",
+              "threshold", "entropy-bound", "remask-cap", "remask-conf")
+# strategies that may finish in fewer forward passes than ``num_steps``: the model decides how many
+ADAPTIVE = ("threshold", "entropy-bound")
+# strategies that may hide revealed tokens again (ReMDM), revealing in random order
+REMASKING = ("remask-cap", "remask-conf")
 SAMPLINGS = ("greedy", "topk", "nucleus")
 
 
@@ -76,6 +93,11 @@ class Trajectory:
     given: torch.Tensor  # (B, L) positions fixed from the start (special tokens, prefix)
     forward_passes: int
     seconds: float
+
+    @property
+    def passes_per_row(self) -> torch.Tensor:
+        """Long (B,): the steps in which each row still had a masked position, its forward passes if sampled alone."""
+        return (self.tokens[:-1] == self.mask_id).any(-1).sum(0)
 
     @property
     def final(self) -> torch.Tensor:
@@ -97,6 +119,10 @@ def check_options(
     temperature: float,
     top_k: int,
     top_p: float,
+    threshold: float = 0.9,
+    entropy_bound: float = 1.0,
+    remask_eta: float = 0.1,
+    block_length: int | None = None,
 ) -> None:
     """Raise `UserError` with a helpful message for any invalid sampler option."""
     check(num_steps >= 1, f"--steps must be at least 1, got {num_steps}")
@@ -109,6 +135,13 @@ def check_options(
     )
     check(top_k >= 1, f"--top-k must be at least 1, got {top_k}")
     check(0 < top_p <= 1, f"--top-p must be in (0, 1], got {top_p}; 1 keeps the whole distribution")
+    check(0 < threshold <= 1, f"--threshold must be in (0, 1], got {threshold}; 1 reveals one token per pass")
+    check(
+        entropy_bound >= 0 and math.isfinite(entropy_bound),
+        f"--entropy-bound must be a finite number of nats >= 0, got {entropy_bound}; 0 reveals one token per pass",
+    )
+    check(0 <= remask_eta <= 1, f"--remask-eta must be in [0, 1], got {remask_eta}; 0 never hides a token")
+    check(block_length is None or block_length >= 1, f"--block-length must be at least 1, got {block_length}")
 
 
 def _block_plan(
@@ -146,8 +179,9 @@ def _block_plan(
 
 def _step_targets(
     generated: torch.Tensor, schedule: str, plan: list[tuple[torch.Tensor, int]]
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For every step: the active columns (L,) and per-row masked counts wanted after it (B,)."""
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For every step: the active columns (L,), per-row masked counts wanted after it (B,), and per row the
+    most tokens any step of the block reveals (B,), the schedule's busiest step."""
     targets = []
     cache: dict[tuple[int, int], list[int]] = {}
     for cols, steps in plan:
@@ -155,7 +189,8 @@ def _step_targets(
         for n in set(per_row):
             cache.setdefault((n, steps), masked_counts(schedule, n, steps))
         table = torch.tensor([cache[(n, steps)] for n in per_row], device=generated.device)  # (B, S_j+1)
-        targets += [(cols, table[:, s]) for s in range(1, steps + 1)]
+        busiest = (table[:, :-1] - table[:, 1:]).amax(1)  # (B,)
+        targets += [(cols, table[:, s], busiest) for s in range(1, steps + 1)]
     return targets
 
 
@@ -344,12 +379,15 @@ class _Sampler:
     top_k: int
     top_p: float
     generator: torch.Generator | None
+    threshold: float = 0.9
+    entropy_bound: float = 1.0
+    remask_eta: float = 0.1
     forward_passes: int = 0
     banned: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def noise(self) -> torch.Tensor:
+    def noise(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniforms (B, L) for choosing positions at random."""
-        return torch.rand(self.xt.shape, generator=self.generator, device=self.xt.device)
+        return torch.rand(self.xt.shape, dtype=dtype, generator=self.generator, device=self.xt.device)
 
     def log_probs(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One denoiser call: (rows, cols) of ``positions`` (B, L) and their log-probs (M, V) at T."""
@@ -432,8 +470,90 @@ def _reveal_by_score(strategy: str) -> Callable[[_Sampler, torch.Tensor, torch.T
     return reveal
 
 
+def _at_least_one(masked: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Long (B,): the schedule's ``count`` but at least one in every row that still has a masked position."""
+    return count.clamp(min=1).minimum(masked.sum(1))
+
+
+def _reveal_threshold(sampler: _Sampler, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+    """``threshold`` (Fast-dLLM): reveal every drawn token with p_T(v_i) >= threshold, and at least the
+    ``count`` (at least one) most probable draws, so the schedule still bounds the passes."""
+    rows, cols, logp = sampler.log_probs(masked)
+    draw = sampler.drawer(logp)
+    least = _at_least_one(masked, count)  # (B,)
+    revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, least, draw)
+    # a drawn token can reach the threshold only where the position's largest probability does
+    todo = (p_token.isnan() & (logp.amax(-1).exp() >= sampler.threshold)).nonzero()[:, 0]
+    tokens[todo] = draw(todo)
+    p_token[todo] = logp[todo, tokens[todo]].exp()
+    # reveal i  <=>  p_T(v_i) >= threshold  (or i is among the `least` most probable draws)
+    revealed[rows, cols] |= p_token >= sampler.threshold
+    where = revealed[rows, cols].nonzero()[:, 0]
+    return revealed, rows[where], cols[where], tokens[where], p_token[where]
+
+
+def _entropy_bound_count(entropy: torch.Tensor, masked: torch.Tensor, bound: float) -> torch.Tensor:
+    """Long (B,): the largest k whose k lowest entropies, minus their largest, sum to at most ``bound``.
+
+    ``entropy`` (B, L) holds H_i at the ``masked`` positions. Sorted ascending, the set of
+    the first k has its largest last, so sum - max is the sum of the first k - 1.
+    """
+    ordered = entropy.masked_fill(~masked, float("inf")).sort(1).values  # (B, L) lowest first
+    # before_j = sum_{j' < j} H_(j'): the sum of the set {0..j} minus its largest H_(j)
+    before = ordered.cumsum(1) - ordered  # (B, L); nan past the masked positions (inf - inf)
+    inside = torch.arange(masked.shape[1], device=masked.device) < masked.sum(1, keepdim=True)  # (B, L)
+    return ((before <= bound) & inside).sum(1)
+
+
+def _reveal_entropy_bounded(sampler: _Sampler, masked: torch.Tensor, count: torch.Tensor) -> _Reveal:
+    """``entropy-bound`` (EB-sampler): reveal, lowest entropy first, the most positions whose summed entropy
+    minus its largest stays <= the bound, and at least the schedule's ``count`` (at least one)."""
+    rows, cols, logp = sampler.log_probs(masked)
+    draw = sampler.drawer(logp)
+    entropy = torch.zeros(masked.shape, dtype=logp.dtype, device=masked.device)  # (B, L)
+    # H_i = -sum_v p_T,i(v) log p_T,i(v)
+    entropy[rows, cols] = torch.special.entr(logp.exp()).sum(-1)
+    k = _entropy_bound_count(entropy, masked, sampler.entropy_bound).maximum(_at_least_one(masked, count))  # (B,)
+    revealed = _top_per_row(-entropy, masked, k)
+    where = revealed[rows, cols].nonzero()[:, 0]
+    tokens = draw(where)
+    return revealed, rows[where], cols[where], tokens, logp[where, tokens].exp()
+
+
 _REVEAL = {"random": _reveal_random, "confidence": _reveal_confident,
-          "margin": _reveal_by_score("margin"), "entropy": _reveal_by_score("entropy")}
+          "margin": _reveal_by_score("margin"), "entropy": _reveal_by_score("entropy"),
+          "threshold": _reveal_threshold, "entropy-bound": _reveal_entropy_bounded,
+          "remask-cap": _reveal_random, "remask-conf": _reveal_random}
+
+
+def _hide(
+    sampler: _Sampler, probs: torch.Tensor, strategy: str, active: torch.Tensor, target: torch.Tensor,
+    busiest: torch.Tensor, mask_id: int,
+) -> torch.Tensor:
+    """ReMDM remasking before the step's denoiser call: hide some revealed tokens of the block; returns hidden (B, L).
+
+    Each revealed token is hidden with probability eta (the count r = floor(eta * revealed + u),
+    u ~ U[0, 1), one per row), capped as in ReMDM by the tokens the schedule still wants
+    masked after the step (sigma_max), and so that the step reveals no more tokens than the
+    schedule's busiest step (r <= busiest - scheduled reveals). ``remask-cap`` picks the hidden
+    tokens uniformly at random; ``remask-conf`` with weights softmax(-psi), psi the probability a
+    token had when it was revealed, so unlikely tokens are taken back first.
+    """
+    xt = sampler.xt
+    shown = active & (xt != mask_id)  # (B, L) revealed tokens of the block
+    scheduled = (active & (xt == mask_id)).sum(1) - target  # (B,) tokens the schedule reveals at this step
+    u = torch.rand(len(xt), dtype=torch.float64, generator=sampler.generator, device=xt.device)  # (B,)
+    # r = min(floor(eta * revealed + u), m_s, busiest - scheduled)
+    r = (sampler.remask_eta * shown.sum(1) + u).floor().long().minimum(target).minimum(busiest - scheduled)
+    if strategy == "remask-cap":
+        keys = sampler.noise()  # (B, L) a uniformly random subset
+    else:
+        # weighted sampling without replacement (Efraimidis-Spirakis): the r largest log(u) / w, w ~ exp(-psi)
+        keys = sampler.noise(torch.float64).log() * probs.double().nan_to_num(0.0).exp()  # (B, L)
+    hidden = _top_per_row(keys, shown, r.clamp(min=0))
+    xt[hidden] = mask_id
+    probs[hidden] = float("nan")
+    return hidden
 
 
 def _resample_step(
@@ -479,28 +599,41 @@ def sample(
     block_length: int | None = None,
     attention_mask: torch.Tensor | None = None,
     forbidden_at: dict[int, Sequence[int]] | None = None,
+    threshold: float = 0.9,
+    entropy_bound: float = 1.0,
+    remask_eta: float = 0.1,
 ) -> Trajectory:
-    """Fill every ``mask_id`` position of ``x_init`` (B, L) in exactly ``num_steps`` denoiser calls.
+    """Fill every ``mask_id`` position of ``x_init`` (B, L) in ``num_steps`` denoiser calls (at most, for `ADAPTIVE`).
 
     ``forbidden_ids`` are never drawn anywhere; ``forbidden_at`` maps a column to
     extra ids never drawn there. With ``block_length``, blocks of that many columns
     are generated left to right (semi-autoregressive), the steps split evenly
     between blocks, each block following the schedule within its own steps.
+    ``threshold`` (a probability), ``entropy_bound`` (nats) and ``remask_eta`` (a
+    probability per revealed token and step) are the knobs of ``threshold``,
+    ``entropy-bound`` and the ``remask-*`` strategies. An adaptive strategy skips
+    the remaining steps of a block once the block is finished, so it may use fewer passes.
     """
     check_options(num_steps=num_steps, schedule=schedule, strategy=strategy, sampling=sampling,
-                  temperature=temperature, top_k=top_k, top_p=top_p)
+                  temperature=temperature, top_k=top_k, top_p=top_p, threshold=threshold,
+                  entropy_bound=entropy_bound, remask_eta=remask_eta, block_length=block_length)
     start = time.perf_counter()
     xt = x_init.clone()  # (B, L)
     generated = xt == mask_id  # (B, L) positions the sampler writes
     probs = torch.full(xt.shape, float("nan"), device=xt.device)  # (B, L) probability of each shown token
     sampler = _Sampler(denoiser, xt, attention_mask, forbidden_ids, forbidden_at, temperature, sampling, top_k,
-                   top_p, generator)
+                   top_p, generator, threshold=threshold, entropy_bound=entropy_bound, remask_eta=remask_eta)
     history = [_snapshot(xt, torch.zeros_like(generated), probs)]
-    for block, target in _step_targets(generated, schedule, _block_plan(generated, num_steps, block_length)):
+    plan = _block_plan(generated, num_steps, block_length)
+    for block, target, busiest in _step_targets(generated, schedule, plan):
         active = generated & block  # (B, L) generated positions of the current block
+        if strategy in ADAPTIVE and not (active & (xt == mask_id)).any():
+            continue  # the block is finished early: no forward pass for its remaining steps
         if strategy == "resample":
             revealed = _resample_step(sampler, probs, active, target, mask_id)
         else:
+            if strategy in REMASKING:
+                _hide(sampler, probs, strategy, active, target, busiest, mask_id)
             masked = active & (xt == mask_id)  # (B, L)
             # reveal as many as take the masked count down to the schedule's target
             count = masked.sum(1) - target  # (B,)
@@ -602,6 +735,9 @@ def generate(
     seed: int | None = 0,
     block_length: int | None = None,
     device: torch.device | str | None = None,
+    threshold: float = 0.9,
+    entropy_bound: float = 1.0,
+    remask_eta: float = 0.1,
 ) -> tuple[list[str], Trajectory]:
     """Generate ``num_samples`` texts continuing ``prefix`` (or filling its mask tokens); returns (texts, trajectory).
 
@@ -611,10 +747,12 @@ def generate(
     one space, then the generated words. If ``prefix`` contains the tokenizer's
     mask token, the text itself is the canvas and each mask token is filled.
     ``model`` is a Hugging Face masked LM (moved to ``device`` when given) or any
-    denoiser callable; ``seed=None`` draws a fresh seed.
+    denoiser callable; ``seed=None`` draws a fresh seed. ``threshold``, ``entropy_bound``
+    and ``remask_eta`` are passed to `sample`.
     """
+    knobs = dict(threshold=threshold, entropy_bound=entropy_bound, remask_eta=remask_eta)
     check_options(num_steps=num_steps, schedule=schedule, strategy=strategy, sampling=sampling,
-                  temperature=temperature, top_k=top_k, top_p=top_p)
+                  temperature=temperature, top_k=top_k, top_p=top_p, block_length=block_length, **knobs)
     check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
     check(max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {max_length}")
     denoiser, device = _denoiser_and_device(model, device)
@@ -648,6 +786,7 @@ def generate(
         generator=generator,
         block_length=block_length,
         forbidden_at=forbidden_at,
+        **knobs,
     )
     if infill:
         texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in trajectory.final]

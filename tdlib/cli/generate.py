@@ -25,7 +25,8 @@ from tdlib.schedules import SCHEDULES
 
 ANIMATION_TYPES = (".html", ".gif")
 # flags passed to the sampler under their own names
-SAMPLER_FLAGS = ("schedule", "strategy", "sampling", "temperature", "top_k", "top_p")
+SAMPLER_FLAGS = ("schedule", "strategy", "sampling", "temperature", "top_k", "top_p", "threshold", "entropy_bound",
+                 "remask_eta", "block_length")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", default="linear", choices=SCHEDULES, help="tokens masked after each step (default: linear)")
     parser.add_argument(
         "--strategy", default="confidence", choices=STRATEGIES,
-        help="which positions to reveal at each step; resample is the original experiment's method (default: confidence)",
+        help="which positions to reveal at each step; resample is the original experiment's method; threshold and "
+             "entropy-bound may finish in fewer passes than --steps; remask-* may hide tokens again (default: confidence)",
     )
     parser.add_argument("--sampling", default="topk", choices=SAMPLINGS, help="how a token is drawn (default: topk)")
     parser.add_argument("--temperature", type=float, default=1.0, help="softmax temperature, > 0 (default: 1.0)")
     parser.add_argument("--top-k", type=int, default=50, help="tokens kept by --sampling topk (default: 50)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus mass for --sampling nucleus, in (0, 1] (default: 0.9)")
+    parser.add_argument("--threshold", type=float, default=0.9,
+                        help="--strategy threshold: reveal every token drawn with probability >= F, at least one per pass (default: 0.9)")
+    parser.add_argument("--entropy-bound", type=float, default=1.0,
+                        help="--strategy entropy-bound: reveal lowest-entropy positions while their summed entropy minus the largest is <= F nats (default: 1.0)")
+    parser.add_argument("--remask-eta", type=float, default=0.1,
+                        help="--strategy remask-cap/remask-conf: chance that a revealed token is hidden again at a step (default: 0.1)")
+    parser.add_argument("--block-length", type=int, default=None,
+                        help="generate blocks of N tokens left to right (semi-autoregressive); --steps are split between blocks")
     parser.add_argument("--seed", type=seed_value, default=0, help="random seed; same seed, same text (default: 0)")
     parser.add_argument("--show-steps", action="store_true", help=f"print the canvas after every step ({render.MASK_GLYPH} = masked)")
     parser.add_argument("--animation", metavar="FILE", default=None, help="write the denoising as FILE.html (player) or FILE.gif")
