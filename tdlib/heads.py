@@ -19,18 +19,41 @@ import torch
 from tdlib.errors import check
 
 HEAD_INITS = ("random", "unigram", "identity")
+HEAD_MODULES = (  # each family's LM head, the modules applied in turn to the body's hidden states (B, L, H)
+    ("lm_head",),  # RoBERTa
+    ("cls",),  # BERT, DeBERTa-v2 (its default "legacy" head)
+    ("predictions",),  # ALBERT
+    ("generator_predictions", "generator_lm_head"),  # ELECTRA (the generator)
+    ("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),  # DistilBERT
+    ("head", "decoder"),  # ModernBERT
+)
+
+
+class _HiddenStates(torch.nn.Module):
+    """The body of a network that gives its final hidden states by ``hidden(...)`` (`tdlib.convnet`)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+        return (self.model.hidden(input_ids, attention_mask),)  # (B, L, H)
 
 
 def split_mlm(model) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(body, head) of a masked LM: ``body(...)[0]`` gives hidden states, ``head(h)`` logits.
 
-    Returns None for architectures whose head is not one module; callers then fall
-    back to the full forward pass.
+    The head is found by the module names of `HEAD_MODULES`. Returns None for
+    architectures not listed there (DeBERTa-v2's non-legacy head, for one, also
+    reads the embeddings); callers then fall back to the full forward pass.
     """
-    head = next((getattr(model, n) for n in ("lm_head", "cls") if hasattr(model, n)), None)
-    if head is None:
+    if callable(getattr(model, "hidden", None)) and hasattr(model, "decoder"):
+        return _HiddenStates(model), model.decoder
+    names = next((names for names in HEAD_MODULES if all(hasattr(model, n) for n in names)), None)
+    if names is None:
         return None
-    return model.base_model, head
+    parts = [getattr(model, n) for n in names]
+    return model.base_model, parts[0] if len(parts) == 1 else torch.nn.Sequential(*parts)
 
 
 def head_transform(model) -> Callable[[torch.Tensor], torch.Tensor] | None:

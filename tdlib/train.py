@@ -158,6 +158,14 @@ PRESETS: dict[str, dict] = {  # each preset lists only where it differs from the
         save_steps=250, eval_examples=256, time_budget_s=300.0,  # a slow laptop stops (and saves) at 5 minutes
         scratch=dict(architecture="conv", hidden_size=128, num_layers=4, kernel_size=5),
     ),
+    # with a network, about 15 minutes on 2 cores: the original experiment's data and a pretrained masked LM that keeps
+    # its MLM head (head_init "random" leaves a loaded head as it is); 900 s / 4.20 s per step (measured minimum,
+    # bench/model_step_cost.py) = 214 steps, 200 of them leave time for two small evaluations
+    "laptop": dict(
+        model_name="distilbert/distilroberta-base", example_mode="packed", masking="stratified",
+        loss_weighting="elbo", max_steps=200, batch_size=4, warmup_steps=20, eval_steps=100, save_steps=100,
+        eval_examples=16, dropout=0.0, time_budget_s=1200.0,  # a slow laptop stops (and saves) at 20 minutes
+    ),
     # seconds: tests, CI and notebook smoke runs
     "smoke": dict(
         model_name="scratch", dataset="pydoc", example_mode="packed", max_length=32, prefix_length=2, max_steps=20,
