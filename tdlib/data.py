@@ -43,8 +43,8 @@ TOY_LINES = {"train": 50_000, "valid": 1_000, "test": 1_000}  # default lines pe
 TOY_WORDS = 126  # default words per toy line: one draw fills a canvas of up to 128 tokens
 EXAMPLE_MODES = ("lines", "packed")  # one example per line, or full blocks of the joined text
 OFFLINE_HINT = (
-    "offline alternatives: --dataset pydoc (embedded), --data-dir DIR holding "
-    "train.txt/valid.txt/test.txt, or --dataset PATH to your own text"
+    "offline alternatives: --preset toy or --preset cpu (no download), --dataset toy or pydoc (built in), "
+    "--data-dir DIR holding train.txt/valid.txt/test.txt, or --dataset PATH to your own text"
 )
 
 

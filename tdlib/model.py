@@ -180,8 +180,8 @@ def _load_pretrained(name_or_path: str):
     except OSError as exc:
         reason = str(exc).splitlines()[0][:200]
         raise UserError(
-            f"cannot load model {name_or_path!r} ({reason}); offline alternatives: "
-            "--model-name minilm (packaged) or --model-name scratch"
+            f"cannot load model {name_or_path!r} ({reason}); offline alternatives: --preset toy or --preset cpu "
+            "(no download), --model-name minilm (packaged) or --model-name scratch"
         ) from None
     except (ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0][:200]

@@ -132,5 +132,5 @@ def test_the_laptop_preset_without_the_hub_is_one_error_line_naming_offline_choi
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
-    assert "offline alternatives" in proc.stderr
-    assert ("--model-name minilm" if local_data else "--dataset pydoc") in proc.stderr
+    assert "offline alternatives: --preset toy or --preset cpu" in proc.stderr  # the offline presets, by name
+    assert ("--model-name minilm" if local_data else "--dataset toy or pydoc") in proc.stderr
