@@ -70,10 +70,13 @@ def test_threshold_reveals_every_confident_position_at_once_and_the_model_decide
     assert (traj.final != 9).all()
 
 
-def test_threshold_one_is_confidence_decoding_one_token_per_pass():
+@pytest.mark.parametrize("strategy, knob, same_as", [("threshold", dict(threshold=1.0), "confidence"),
+                                                   ("entropy-bound", dict(entropy_bound=0.0), "entropy")])
+def test_the_strictest_knob_is_the_ranking_strategy_one_token_per_pass(strategy, knob, same_as):
+    """threshold 1 is `confidence` decoding and entropy bound 0 is `entropy` decoding, one token per pass."""
     logits = random_logits(length=8, vocab=12)
-    runs = [sample(fixed_denoiser(logits), torch.full((3, 8), 99), mask_id=99, num_steps=8, strategy=strategy,
-                   threshold=1.0, generator=torch.Generator().manual_seed(4)) for strategy in ("threshold", "confidence")]
+    runs = [sample(fixed_denoiser(logits), torch.full((3, 8), 99), mask_id=99, num_steps=8, strategy=name,
+                   generator=torch.Generator().manual_seed(4), **knob) for name in (strategy, same_as)]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
 
 
@@ -106,13 +109,6 @@ def test_entropy_bound_count_keeps_the_sum_minus_the_largest_under_the_bound():
     assert _entropy_bound_count(entropy, masked, 100.0).tolist()[0] == 4  # never an unmasked position
     # row 1: two certain positions (H = 0) go together even with bound 0
     assert _entropy_bound_count(entropy, masked, 0.0).tolist() == [1, 3]
-
-
-def test_entropy_bound_zero_is_entropy_decoding_one_token_per_pass():
-    logits = random_logits(length=8, vocab=12)
-    runs = [sample(fixed_denoiser(logits), torch.full((3, 8), 99), mask_id=99, num_steps=8, strategy=strategy,
-                   entropy_bound=0.0, generator=torch.Generator().manual_seed(4)) for strategy in ("entropy-bound", "entropy")]
-    assert torch.equal(runs[0].tokens, runs[1].tokens)
 
 
 def test_entropy_bound_is_exact_with_one_token_per_pass_and_biased_to_unlikely_text_with_more():
