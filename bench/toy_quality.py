@@ -79,7 +79,7 @@ def main() -> None:
     model, tokenizer = load_checkpoint(run / "final-model")
     config = json.loads((run / "final-model" / "training_config.json").read_text())
     length, language = config["max_length"], ToyLanguage()
-    lines = get_split(load_corpus("toy", num_words=length - 2), "valid")
+    lines = get_split(load_corpus("toy", num_lines=1, num_words=length - 2), "valid")  # splits have their own seeds
     examples = make_examples(lines, tokenizer, length, "lines")
     bound = bound_against_truth(as_denoiser(model, masked_only=True), language, examples,
                                 mask_id=tokenizer.mask_token_id, seed=args.seed)

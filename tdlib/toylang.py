@@ -360,7 +360,9 @@ class ToyLanguage:
     def text_log_probs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact log p of each text as one draw from the start, in nats (-inf: impossible), and its word counts."""
         ids = [self.encode(text) for text in texts]
-        longest = max(1, *(len(row) for row in ids))
+        if not ids:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+        longest = max([1, *(len(row) for row in ids)])
         # padding with [MASK] sums the positions out: log p of the words alone
         x = torch.tensor([row + [self.mask_id] * (longest - len(row)) for row in ids])  # (N, longest)
         return self.hmm.log_prob(x), torch.tensor([len(row) for row in ids])  # (N,), (N,)

@@ -140,6 +140,7 @@ def test_text_scores_separate_possible_from_impossible_text(language):
     assert scores["possible_share"] == 0.5
     logp, words = language.text_log_probs(["the fox runs ."])
     assert scores["true_nll_per_token"] == pytest.approx(float(-logp[0] / words[0]))
+    assert all(v != v for v in language.score([]).values())  # no texts: nan scores, not an error
 
 
 def test_the_demo_trains_the_toy_preset_and_grades_it_exactly(tmp_path, monkeypatch, capsys):
