@@ -81,15 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _grade_toy(model_dir: Path, config, max_length: int, prefix: str, seed: int) -> None:
     """Print the toy model's exact grades: NELBO against the true NLL, grammatical share, and the exact denoiser."""
-    import torch
-
     from tdlib.data import get_split, load_corpus, make_examples
     from tdlib.evaluate import bound_against_truth
     from tdlib.model import as_denoiser, load_checkpoint
     from tdlib.sample import generate
     from tdlib.toylang import ToyLanguage
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     model, tokenizer = load_checkpoint(model_dir)
     language = ToyLanguage()
     # each split has its own seed: one training line is enough to get the same held-out lines
