@@ -340,12 +340,8 @@ class ToyLanguage:
         found = self.sentences(sample)
         if not found:
             return []
-        ids = [[self.vocab.get(w, self.unk_id) for w in s.split()] for s in found]
-        ids = [[self.unk_id if i == self.mask_id else i for i in row] for row in ids]
-        longest = max(len(row) for row in ids)
-        # padding with [MASK] sums the future out: a prefix is possible iff some continuation is
-        x = torch.tensor([row + [self.mask_id] * (longest - len(row)) for row in ids])  # (N, longest)
-        return self.hmm.possible(x).tolist()
+        # the padding sums the future out: a prefix is possible iff some continuation is
+        return self.hmm.possible(self._padded([self.encode(s) for s in found])).tolist()
 
     def grammatical_share(self, samples: Sequence[str | Sequence[int] | torch.Tensor]) -> dict:
         """Share of grammatical sentences over a batch of samples, with the counts behind it."""
@@ -362,10 +358,17 @@ class ToyLanguage:
         ids = [self.encode(text) for text in texts]
         if not ids:
             return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
-        longest = max([1, *(len(row) for row in ids)])
-        # padding with [MASK] sums the positions out: log p of the words alone
-        x = torch.tensor([row + [self.mask_id] * (longest - len(row)) for row in ids])  # (N, longest)
-        return self.hmm.log_prob(x), torch.tensor([len(row) for row in ids])  # (N,), (N,)
+        return self.hmm.log_prob(self._padded(ids)), torch.tensor([len(row) for row in ids])  # (N,), (N,)
+
+    def _padded(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Rows of token ids as one tensor (N, longest), padded with [MASK], which sums those positions out.
+
+        A [MASK] written inside a row reads as [UNK], which the language never emits: text holding
+        one is impossible, not partly unknown.
+        """
+        rows = [[self.unk_id if i == self.mask_id else i for i in row] for row in ids]
+        longest = max([1, *(len(row) for row in rows)])
+        return torch.tensor([row + [self.mask_id] * (longest - len(row)) for row in rows])  # (N, longest)
 
     def score(self, texts: Sequence[str]) -> dict[str, float]:
         """Exact scores of samples: the share of grammatical sentences, of possible texts, and the true NLL per word.

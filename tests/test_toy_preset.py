@@ -141,6 +141,7 @@ def test_text_scores_separate_possible_from_impossible_text(language):
     logp, words = language.text_log_probs(["the fox runs ."])
     assert scores["true_nll_per_token"] == pytest.approx(float(-logp[0] / words[0]))
     assert all(v != v for v in language.score([]).values())  # no texts: nan scores, not an error
+    assert language.score(["the fox [MASK] ."])["possible_share"] == 0.0  # a written mask is not summed out
 
 
 def test_the_demo_trains_the_toy_preset_and_grades_it_exactly(tmp_path, monkeypatch, capsys):
