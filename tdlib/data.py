@@ -7,8 +7,10 @@ raw text lines, exactly one per row of the source. Three kinds of source:
   ``train.txt``/``valid.txt``/``test.txt`` files with ``data_dir`` or else from
   the Hugging Face hub (``wikitext`` / ``wikitext-2-raw-v1``); ``wikitext-2-v1``
   is the tokenized variant (rare words replaced by ``<unk>``);
-- ``pydoc``: Python's reference manual shipped with CPython
-  (``pydoc_data.topics``), split deterministically by topic; always offline;
+- ``pydoc``: the prose of Python's reference manual shipped with CPython
+  (``pydoc_data.topics``), split deterministically by topic; always offline.
+  Table rules, grammar rules, ``>>>`` sessions and code listings are dropped
+  (`prose_lines`), so the text reads as English; ``pydoc-raw`` keeps them;
 - ``toy``: the toy language (`tdlib.toylang`), generated: each line is one draw
   of ``num_words`` words from the language's start state, a fixed number of
   lines per split, the same lines on every machine; it comes with its own
@@ -23,6 +25,7 @@ about masking or models beyond calling a tokenizer.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ WIKITEXT = {
     "wikitext-2-v1": "wikitext-2-v1",
 }
 TOY = "toy"  # the generated corpus of the toy language
+PYDOC = {"pydoc": True, "pydoc-raw": False}  # the Python manual: prose only, or every line
 TOY_LINES = {"train": 50_000, "valid": 1_000, "test": 1_000}  # default lines per split of the toy corpus
 TOY_WORDS = 126  # default words per toy line: one draw fills a canvas of up to 128 tokens
 EXAMPLE_MODES = ("lines", "packed")  # one example per line, or full blocks of the joined text
@@ -80,7 +84,7 @@ class Examples:
 
 def corpus_names() -> list[str]:
     """The built-in corpus names."""
-    return ["pydoc", TOY, *WIKITEXT]
+    return [*PYDOC, TOY, *WIKITEXT]
 
 
 def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None, *,
@@ -94,8 +98,8 @@ def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None,
     check(name == TOY or num_lines is None, "--corpus-size applies to the generated toy corpus only (--dataset toy)")
     if name == TOY:
         return _toy_corpus(num_lines, num_words)
-    if name == "pydoc":
-        return _pydoc_corpus()
+    if name in PYDOC:
+        return _pydoc_corpus(prose_only=PYDOC[name])
     if name in WIKITEXT:
         if data_dir is not None:
             folder = Path(data_dir).expanduser()
@@ -173,7 +177,7 @@ def _split_lines(lines: list[str], key: str) -> dict[str, list[str]]:
     return {"train": lines[:a], "valid": lines[a:b], "test": lines[b:]}
 
 
-def _pydoc_corpus() -> dict[str, list[str]]:
+def _pydoc_corpus(prose_only: bool = True) -> dict[str, list[str]]:
     """Python's reference manual: each topic goes to a split by a stable hash of its name."""
     from pydoc_data.topics import topics
 
@@ -181,8 +185,62 @@ def _pydoc_corpus() -> dict[str, list[str]]:
     for name in sorted(topics):
         bucket = zlib.crc32(name.encode()) % 10
         split = "valid" if bucket == 0 else "test" if bucket == 1 else "train"
-        splits[split].extend(topics[name].split("\n"))
+        splits[split].extend(prose_lines(topics[name]) if prose_only else topics[name].split("\n"))
     return splits
+
+
+_RULE = re.compile(r"^\s*([=*\-~^+|].*[=*\-~^+|]|[=*\-~^]+)\s*$")  # table borders and rows, heading underlines
+_LIST_ITEM = re.compile(r"^\s*(\d+\.|\*|-)\s")
+
+
+def prose_lines(text: str) -> list[str]:
+    """The prose of a reStructuredText-like manual page, one stripped line per source line.
+
+    A paragraph (lines between blank lines) is dropped when it holds a table or
+    heading rule, a grammar rule (``::=``) or a ``>>>`` session, or when it is
+    indented under a paragraph that ends with a colon and does not itself read
+    as prose (mostly letters and ending with a full stop): a code listing.
+    """
+    kept: list[str] = []
+    previous: list[str] | None = None  # the last paragraph kept
+    for block in _paragraphs(text):
+        first = block[0].strip()
+        if any(_RULE.match(line) for line in block) or first.startswith((">>>", "...")) or "::=" in "".join(block):
+            continue
+        if previous is not None and _indent(block[0]) > _indent(previous[0]) and previous[-1].rstrip().endswith(":") \
+                and not _LIST_ITEM.match(block[0]):
+            joined = " ".join(line.strip() for line in block)
+            letters = sum(c.isalpha() or c in " .," for c in joined) / len(joined)
+            if letters <= 0.85 or not joined.endswith("."):
+                continue
+        kept.extend(line.strip() for line in block)
+        previous = block
+    return kept
+
+
+def _paragraphs(text: str):
+    block: list[str] = []
+    for line in text.split("\n"):
+        if line.strip():
+            block.append(line)
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def word_token_share(lines: list[str], tokenizer) -> float:
+    """Share of a text's tokens that are words or pieces of words (letters only), not symbols or digits."""
+    ids = [i for line in lines if line.strip() for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
+    check(bool(ids), "no text to count tokens in")
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    words = sum(piece.lstrip("#Ġ▁").isalpha() for piece in pieces)
+    return words / len(pieces)
 
 
 def _wikitext_from_hub(config: str) -> dict[str, list[str]]:

@@ -97,3 +97,26 @@ def test_unreachable_hub_names_offline_alternatives(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError, match="offline alternatives"):
         load_corpus("wikitext-2")
+
+
+def test_the_manuals_prose_drops_tables_sessions_and_code_listings():
+    from tdlib.data import prose_lines
+
+    page = "\n".join([
+        "The statement is used to wrap a block.", "", "The following code:", "", "   with A() as a:",
+        "       SUITE", "", "+-----+-----+", "| a   | b   |", "+=====+=====+", "", ">>> 1 + 1", "2", "",
+        "   stmt ::= \"with\" item", "", "1. A numbered step", "   that continues.", "", "Note:", "",
+        "   The note is prose, indented.",
+    ])
+    assert prose_lines(page) == ["The statement is used to wrap a block.", "The following code:",
+                                 "1. A numbered step", "that continues.", "Note:", "The note is prose, indented."]
+
+
+def test_the_pydoc_corpus_is_mostly_words_and_the_raw_manual_is_not(minilm_tokenizer):
+    from tdlib.data import word_token_share
+
+    tokenizer = minilm_tokenizer
+    prose, raw = load_corpus("pydoc")["valid"], load_corpus("pydoc-raw")["valid"]
+    assert len(prose) < len(raw)
+    assert word_token_share(prose, tokenizer) > word_token_share(raw, tokenizer) + 0.1
+    assert not any(line.startswith(("+--", ">>>", "|")) for line in prose)
