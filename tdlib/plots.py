@@ -11,6 +11,7 @@ This module is not a trainer or a sampler: it never runs a model. It draws.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterable, Sequence
@@ -293,6 +294,12 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def figure_html(fig: Figure, dpi: int = 100) -> str:
+    """The figure as an HTML ``<img>`` with the PNG inline (a static snapshot that needs no kernel)."""
+    data = base64.b64encode(figure_png(fig, dpi)).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}"/>'
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:

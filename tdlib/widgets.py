@@ -1,9 +1,14 @@
 """Notebook widgets: thin ipywidgets shells over `tdlib.render` and `tdlib.plots`.
 
-`DenoisingScrubber` plays a recorded trajectory, `LiveLossView` redraws the loss
-figures during training, `ScheduleExplorer`, `SamplingExplorer` and
-`MaskingExplorer` put sliders on a schedule, the sampler's filter and the
-forward process. Each shell only wires controls to a pure renderer: every piece
+`DenoisingScrubber` plays a recorded trajectory, `CompareScrubber` plays several
+side by side on one slider (the exact denoiser next to a network), `LiveLossView`
+redraws the loss figures during training or while it follows another process's
+run, `ScheduleExplorer`, `SamplingExplorer` and `MaskingExplorer` put sliders on a
+schedule, the sampler's filter and the forward process.
+
+A saved notebook keeps no widget state, so every widget also prints a static
+snapshot of what it shows (`snapshot()`), under a caption: a reader who opens
+the notebook without a kernel sees the picture, not a blank cell. Each shell only wires controls to a pure renderer: every piece
 of HTML comes from `tdlib.render`, every figure from `tdlib.plots`, so what a
 widget shows is tested without a browser and is what the command line shows.
 
@@ -15,6 +20,7 @@ with a fixed seed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import ipywidgets as widgets
@@ -23,9 +29,19 @@ from IPython.display import HTML, display
 from matplotlib.figure import Figure
 
 from tdlib import plots, render
+from tdlib.checkpoint import METRICS_FILE
 from tdlib.masking import mask_tokens, protected_positions
 from tdlib.sample import SAMPLINGS
 from tdlib.schedules import SCHEDULES
+
+SNAPSHOT_CAPTION = "static snapshot of the widget above (what it shows now; visible without a running kernel)"
+
+
+def _show(widget, snapshot: str) -> None:
+    """Display a live widget and, under it, its static HTML snapshot."""
+    display(widget)
+    display(HTML(f'<div style="color:#777;font-size:85%;margin-top:4px">{SNAPSHOT_CAPTION}</div>{snapshot}'))
+
 
 # ---------------------------------------------------------------- trajectories
 
@@ -71,9 +87,64 @@ class DenoisingScrubber:
     def _on_step(self, change: dict) -> None:
         self.html.value = self.frame(change["new"])
 
+    def snapshot(self) -> str:
+        """Static HTML: the frame on show."""
+        return self.frame(self.step)
+
     def _ipython_display_(self) -> None:
         display(HTML(self.final_html))
-        display(self.widget)
+        _show(self.widget, self.snapshot())
+
+
+class CompareScrubber:
+    """Several trajectories (same prompt and seed, different denoisers or samplers) on one play/step slider.
+
+    ``trajectories`` maps a label to a trajectory; ``tokenizers`` is one tokenizer
+    for all or a dict by label. A trajectory with fewer steps stays on its last
+    frame once the slider passes it.
+    """
+
+    def __init__(self, trajectories: dict, tokenizers, *, sample: int = 0, step: int = 0, interval_ms: int = 400):
+        self.trajectories = dict(trajectories)
+        self.tokenizers = tokenizers if isinstance(tokenizers, dict) else {k: tokenizers for k in self.trajectories}
+        self.sample = sample
+        self.num_steps = max(len(t.tokens) - 1 for t in self.trajectories.values())
+        self.play = widgets.Play(value=0, min=0, max=self.num_steps, step=1, interval=interval_ms, description="play")
+        self.slider = widgets.IntSlider(value=step, min=0, max=self.num_steps, description="step")
+        widgets.jslink((self.play, "value"), (self.slider, "value"))
+        self.panes = {label: widgets.HTML() for label in self.trajectories}
+        self.slider.observe(self._update, names="value")
+        self._update()
+        columns = [widgets.VBox([widgets.HTML(f"<b>{label}</b>"), pane], layout=widgets.Layout(width="50%"))
+                   for label, pane in self.panes.items()]
+        self.widget = widgets.VBox([widgets.HBox([self.play, self.slider]), widgets.HBox(columns)])
+
+    @property
+    def step(self) -> int:
+        """The step on show."""
+        return self.slider.value
+
+    def set_step(self, step: int) -> None:
+        """Show `step` in every pane (as if the slider were moved)."""
+        self.slider.value = step
+
+    def frames(self, step: int) -> dict[str, str]:
+        """Each trajectory's HTML at `step` (its last frame if it has fewer steps)."""
+        return {label: render.render_step_html(t, min(step, len(t.tokens) - 1), self.tokenizers[label], self.sample)
+                for label, t in self.trajectories.items()}
+
+    def _update(self, change: dict | None = None) -> None:
+        for label, html in self.frames(self.slider.value).items():
+            self.panes[label].value = html
+
+    def snapshot(self) -> str:
+        """Static HTML: the panes at the step on show, side by side."""
+        cells = "".join(f'<td style="vertical-align:top;width:50%"><b>{label}</b>{html}</td>'
+                        for label, html in self.frames(self.step).items())
+        return f"<table><tr>{cells}</tr></table>"
+
+    def _ipython_display_(self) -> None:
+        _show(self.widget, self.snapshot())
 
 
 # ---------------------------------------------------------------- training metrics
@@ -127,6 +198,34 @@ class LiveLossView:
         view.redraw()
         return view
 
+    def follow(self, run_dir: str | Path, *, timeout_s: float = 180.0, poll_s: float = 5.0, process=None) -> str:
+        """Watch another process's run: take each new record of its ``metrics.jsonl`` as it is written.
+
+        Returns ``"finished"`` at the run's last record, ``"exited"`` if ``process``
+        (a `subprocess.Popen`) ended without one, or ``"timeout"`` after
+        ``timeout_s`` seconds; the run goes on training in its own process.
+        """
+        metrics = Path(run_dir) / METRICS_FILE
+        start = time.monotonic()
+        while True:
+            new = plots.read_metrics(metrics)[len(self.records):] if metrics.is_file() else []
+            for record in new:
+                self(record)
+            if any(r.get("event") in FINAL_EVENTS for r in self.records):
+                return "finished"
+            if process is not None and process.poll() is not None and not new:
+                return "exited"
+            if time.monotonic() - start >= timeout_s:
+                self.status.value += " &middot; still training (stopped watching)"
+                return "timeout"
+            time.sleep(poll_s)
+
+    def snapshot(self) -> str:
+        """Static HTML: the status line and the figure of the records so far."""
+        if not self.records:
+            return self.status.value
+        return f"{self.status.value}<br>{plots.figure_html(self.figure())}"
+
     def _ipython_display_(self) -> None:
         display(self.widget)
 
@@ -158,8 +257,13 @@ class ScheduleExplorer:
             plots.schedule_figure([schedule], steps, masked), dpi=70
         )
 
+    def snapshot(self) -> str:
+        """Static HTML: the table and the figure on show."""
+        figure = plots.schedule_figure([self.schedule.value], self.num_steps.value, self.num_masked.value)
+        return plots.figure_html(figure, dpi=70) + self.table.value
+
     def _ipython_display_(self) -> None:
-        display(self.widget)
+        _show(self.widget, self.snapshot())
 
 
 # ---------------------------------------------------------------- sampling
@@ -212,8 +316,12 @@ class SamplingExplorer:
             self.logits, self.tokenizer, **settings, num_candidates=self.num_candidates
         )
 
+    def snapshot(self) -> str:
+        """Static HTML: the candidate table on show."""
+        return self.html.value
+
     def _ipython_display_(self) -> None:
-        display(self.widget)
+        _show(self.widget, self.snapshot())
 
 
 # ---------------------------------------------------------------- masking
@@ -257,5 +365,9 @@ class MaskingExplorer:
     def _update(self, change: dict | None = None) -> None:
         self.html.value = self.render(self.ratio.value)
 
+    def snapshot(self) -> str:
+        """Static HTML: the sentence at the ratio on show."""
+        return self.html.value
+
     def _ipython_display_(self) -> None:
-        display(self.widget)
+        _show(self.widget, self.snapshot())

@@ -1,0 +1,176 @@
+"""The course's own helpers: which model a notebook uses, and how a long run is started.
+
+Notebooks 03 to 05 open their models with `course_model`, which looks in one
+place and says, in one loud line, which model it found:
+
+- ``"toy"``: the toy language's model that notebook 02 trains (``runs/course-toy``);
+  if there is none, it is trained here first (about 4 minutes on 2 cores);
+- ``"text"``: the real-text model that notebook 02 starts from a terminal
+  (``runs/course-text``, ``tdlib train --preset cpu``); if it is missing or still
+  training, a stand-in trained in seconds is used, and the line says so;
+- a run the learner names: ``course_model(run="runs/my-gpu-run")``, or the
+  ``TDLIB_COURSE_RUN`` environment variable (say a `seed` run copied from a GPU).
+
+With ``smoke=True`` (the notebooks' ``TDLIB_SMOKE=1``) every model is a seconds-long
+stand-in in its own directory, so a smoke run never touches a real course model.
+Nothing here deletes a finished model.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tdlib.checkpoint import FINAL_MODEL, METRICS_FILE
+from tdlib.errors import check
+
+KINDS = ("toy", "text")
+RUN_NAMES = {"toy": "course-toy", "text": "course-text"}
+PRESETS = {"toy": "toy", "text": "cpu"}  # what notebook 02 trains for each kind
+TEXT_DATA_ENV = "TDLIB_DATA_DIR"  # a folder with WikiText-2's train/valid/test: real text becomes the original data
+RUN_ENV = "TDLIB_COURSE_RUN"  # a run directory the learner names instead of the course models
+SMOKE_OVERRIDES = {  # seconds-long stand-ins, one per kind
+    "toy": dict(max_steps=60, eval_steps=60, save_steps=60, corpus_size=2000),
+    "text": dict(),
+}
+
+
+def runs_dir() -> Path:
+    """Where course runs live: ``$TDLIB_RUNS``, else ``runs/`` at the project root (``../runs`` from notebooks/)."""
+    if os.environ.get("TDLIB_RUNS"):
+        return Path(os.environ["TDLIB_RUNS"])
+    here = Path.cwd()
+    return here.parent / "runs" if here.name == "notebooks" else here / "runs"
+
+
+def run_dir(kind: str, *, smoke: bool = False) -> Path:
+    """The directory of a course model: ``runs/course-toy``, ``runs/course-text`` (``-smoke`` for stand-ins)."""
+    check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
+    return runs_dir() / (RUN_NAMES[kind] + ("-smoke" if smoke else ""))
+
+
+def finished(directory: str | Path) -> bool:
+    """Whether a run directory holds its final model."""
+    return (Path(directory) / FINAL_MODEL).is_dir()
+
+
+def real_text_args() -> list[str]:
+    """``tdlib train`` flags for the real text: WikiText-2 from ``$TDLIB_DATA_DIR`` if set, else the built-in manual."""
+    folder = os.environ.get(TEXT_DATA_ENV)
+    return ["--dataset", "wikitext-2", "--data-dir", folder] if folder else []
+
+
+def course_config(kind: str = "toy", *, smoke: bool = False, **overrides):
+    """The `TrainConfig` of a course model (its seconds-long stand-in with ``smoke``), saving to `run_dir`."""
+    from tdlib.train import preset
+
+    check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
+    name = "smoke" if smoke and kind == "text" else PRESETS[kind]
+    values = dict(SMOKE_OVERRIDES[kind]) if smoke else {}
+    values.update(overrides)
+    return preset(name, output_dir=str(run_dir(kind, smoke=smoke)), **values)
+
+
+def train_command(kind: str = "text", *, smoke: bool = False) -> list[str]:
+    """The command line notebook 02 runs (and prints) to train a course model."""
+    preset = "smoke" if smoke and kind == "text" else PRESETS[kind]
+    args = ["tdlib", "train", "--preset", preset, "--output-dir", str(run_dir(kind, smoke=smoke))]
+    if smoke and kind == "toy":
+        args += [f"--{key.replace('_', '-')}={value}" for key, value in SMOKE_OVERRIDES["toy"].items()]
+    return args + (real_text_args() if kind == "text" else [])
+
+
+def start_training(kind: str = "text", *, smoke: bool = False) -> subprocess.Popen:
+    """Start `train_command` as a separate process, as if typed in a terminal; its output goes to a log file.
+
+    The process outlives the notebook's kernel, so a learner can go on while it
+    trains; `tdlib.widgets.LiveLossView.follow` watches its ``metrics.jsonl``.
+    """
+    directory = run_dir(kind, smoke=smoke)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    log = open(directory.parent / f"{directory.name}.log", "w")  # noqa: SIM115 (the child owns it)
+    command = [sys.executable, "-m", "tdlib", *train_command(kind, smoke=smoke)[1:]]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class CourseModel:
+    """A model the notebooks use, with where it came from."""
+
+    model: object
+    tokenizer: object
+    run_dir: Path
+    config: dict  # the training configuration, as the run recorded it
+    note: str  # the one line `course_model` printed
+    language: object | None = field(default=None, repr=False)  # the ToyLanguage, for a toy model
+
+    @property
+    def label(self) -> str:
+        """A short name for legends: the run directory's name."""
+        return self.run_dir.name
+
+
+def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: bool = False) -> CourseModel:
+    """Open a course model (see the module docstring), training a stand-in if needed; prints which one it is."""
+    from tdlib.train import train
+
+    named = run if run is not None else os.environ.get(RUN_ENV)
+    if named:
+        directory = Path(named).expanduser()
+        check(finished(directory), f"{directory} holds no {FINAL_MODEL}/: name a finished run directory")
+        return _open(directory, f"using the run you named: {directory}")
+    directory = run_dir(kind, smoke=smoke)
+    if finished(directory):
+        return _open(directory, f"using the {kind} course model in {directory}")
+    if kind == "toy" or smoke:
+        minutes = "seconds" if smoke else "about 4 minutes on 2 cores"
+        print(f">>> no {kind} course model in {directory}: training it now ({minutes})", flush=True)
+        _fresh(directory)
+        train(course_config(kind, smoke=smoke), progress=not smoke)
+        return _open(directory, f"using the {kind} course model just trained in {directory}")
+    stand_in = run_dir("text", smoke=True)
+    state = "is still training" if (directory / METRICS_FILE).is_file() else "does not exist"
+    if not finished(stand_in):
+        _fresh(stand_in)
+        train(course_config("text", smoke=True), progress=False)
+    return _open(stand_in, f"the real-text course model {directory} {state} (notebook 02 starts it: "
+                           f"{' '.join(train_command('text'))}); using a 20-step stand-in from {stand_in}: "
+                           "expect noise, not text")
+
+
+def _fresh(directory: Path) -> None:
+    """Clear an unfinished run directory (never a finished one) so a new run can start there."""
+    import shutil
+
+    check(not finished(directory), f"{directory} holds a finished model; refusing to overwrite it")
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _open(directory: Path, note: str) -> CourseModel:
+    from tdlib.checkpoint import training_config
+    from tdlib.model import load_checkpoint
+
+    model, tokenizer = load_checkpoint(directory / FINAL_MODEL)
+    model.eval()
+    config = training_config(directory / FINAL_MODEL)
+    language = None
+    if config.get("dataset") == "toy":
+        from tdlib.toylang import ToyLanguage
+
+        language = ToyLanguage()
+    steps = _steps_trained(directory)
+    note = f"{note} ({config.get('model_name')}, {config.get('dataset')}, {steps} steps)"
+    print(("!!! " if "stand-in" in note else ">>> ") + note, flush=True)
+    return CourseModel(model, tokenizer, directory, config, note, language)
+
+
+def _steps_trained(directory: Path) -> int | str:
+    from tdlib.plots import read_metrics, train_records
+
+    if not (directory / METRICS_FILE).is_file():
+        return "?"
+    steps = [r["step"] for r in train_records(read_metrics(directory))]
+    return max(steps) if steps else "?"
