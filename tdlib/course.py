@@ -63,6 +63,16 @@ def real_text_args() -> list[str]:
     return ["--dataset", "wikitext-2", "--data-dir", folder] if folder else []
 
 
+def real_text_corpus() -> tuple[str, dict[str, list[str]]]:
+    """(name, corpus) of the real text the notebooks show: WikiText-2 from ``$TDLIB_DATA_DIR``, else the manual's prose."""
+    from tdlib.data import load_corpus
+
+    folder = os.environ.get(TEXT_DATA_ENV)
+    if folder:
+        return "wikitext-2", load_corpus("wikitext-2", folder)
+    return "pydoc", load_corpus("pydoc")
+
+
 def course_config(kind: str = "toy", *, smoke: bool = False, **overrides):
     """The `TrainConfig` of a course model (its seconds-long stand-in with ``smoke``), saving to `run_dir`."""
     from tdlib.train import preset
