@@ -308,3 +308,91 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+# ---------------------------------------------------------------- the idea itself: forward and reverse process
+
+PROCESS_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+_MASKED_FILL, _CLEAN_FILL, _NEW_FILL, _NEW_EDGE = "0.82", "white", "#ffd27f", "#d95f02"
+
+
+def _token_row(ax, y: float, words: Sequence[str | None], new: Sequence[bool], width: float, label: str) -> None:
+    """One canvas as a row of equal boxes at height ``y``: a word, or a grey `MASK_GLYPH` box where masked (None)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    from tdlib.render import MASK_GLYPH
+
+    for i, (word, fresh) in enumerate(zip(words, new, strict=True)):
+        face = _MASKED_FILL if word is None else _NEW_FILL if fresh else _CLEAN_FILL
+        ax.add_patch(FancyBboxPatch((i * width + 0.06, y - 0.34), width - 0.12, 0.68, boxstyle="round,pad=0,rounding_size=0.12",
+                                    facecolor=face, edgecolor=_NEW_EDGE if fresh else "0.45",
+                                    linewidth=2.0 if fresh else 0.8, gid="token-box"))
+        ax.text(i * width + width / 2, y, MASK_GLYPH if word is None else word, ha="center", va="center",
+                fontsize=11, color="0.35" if word is None else "black", weight="bold" if fresh else "normal")
+    ax.text(-0.15, y, label, ha="right", va="center", fontsize=9.5, color="0.25")
+
+
+def _band(ax, rows: Sequence[tuple[list, list, str]], width: float, arrow: str, colour: str) -> None:
+    """Rows of canvases top to bottom in one axes, with a downward arrow and its label on the right."""
+    count = len(rows[0][0])
+    for k, (words, new, label) in enumerate(rows):
+        _token_row(ax, -k, words, new, width, label)
+    right = count * width
+    ax.annotate("", xy=(right + 0.45, -(len(rows) - 1) - 0.2), xytext=(right + 0.45, 0.2),
+                arrowprops=dict(arrowstyle="-|>", color=colour, lw=2.5, mutation_scale=22))
+    ax.text(right + 0.75, -(len(rows) - 1) / 2, arrow, rotation=-90, ha="left", va="center", fontsize=11,
+            color=colour, weight="bold")
+    ax.set_xlim(-3.4, right + 1.6)
+    ax.set_ylim(-(len(rows) - 1) - 0.6, 0.6)
+    ax.set_axis_off()
+
+
+def process_figure(
+    tokens: Sequence[str],
+    mask_scores: Sequence[float],
+    reverse_steps: Sequence[Sequence[str | None]],
+    *,
+    ratios: Sequence[float] = PROCESS_RATIOS,
+) -> Figure:
+    """Masked diffusion in one picture: the forward process hides tokens, the reverse process reveals them.
+
+    Top band (forward, q(x_t | x_0)): the clean ``tokens`` masked at each of
+    ``ratios``; position i is hidden at ratio t iff ``mask_scores[i] < t``, so one
+    fixed set of uniforms (as `tdlib.masking.mask_tokens` draws them) gives nested
+    masks: a random order in which the tokens disappear. Bottom band (reverse,
+    p_theta): ``reverse_steps``, the canvases of one sampler run, from all masked
+    to clean; each is a list of words with None where still masked (from a
+    `tdlib.sample.Trajectory`: ``[None if i == mask_id else word ...]`` per step).
+    Masked tokens are grey boxes holding `tdlib.render.MASK_GLYPH`; tokens revealed
+    at a step are highlighted. Columns are positions, the same in every row.
+    """
+    tokens = list(tokens)
+    steps = [list(step) for step in reverse_steps]
+    check(len(tokens) >= 1 and len(mask_scores) == len(tokens),
+          f"need one mask score per token: {len(tokens)} tokens, {len(mask_scores)} scores")
+    check(len(steps) >= 2, "reverse_steps needs at least the initial canvas and one step after it")
+    check(all(len(step) == len(steps[0]) for step in steps), "every reverse step must have the same length")
+    longest = max(len(w) for w in [*tokens, *(w for step in steps for w in step if w is not None)])
+    width = max(1.0, 0.2 * longest + 0.5)  # one column per position, wide enough for the longest word
+    forward = []
+    for t in ratios:
+        hidden = [score < t for score in mask_scores]
+        forward.append(([None if h else w for w, h in zip(tokens, hidden, strict=True)], [False] * len(tokens),
+                        f"t = {t:g}  ({sum(hidden)} of {len(tokens)} hidden)"))
+    reverse = []
+    for s, step in enumerate(steps):
+        new = [s > 0 and w is not None and steps[s - 1][i] is None for i, w in enumerate(step)]
+        hidden = sum(w is None for w in step)
+        name = "start: all masked" if s == 0 else f"step {s} of {len(steps) - 1}"
+        reverse.append((step, new, f"{name}  ({hidden} hidden)"))
+    columns = max(len(tokens), len(steps[0])) * width
+    fig = Figure(figsize=(min(16.0, 2.2 + 0.55 * columns + 1.2), 1.3 + 0.42 * (len(forward) + len(reverse))),
+                 layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=[len(forward), len(reverse)])
+    _band(top, forward, width, "hide tokens", "tab:red")
+    top.set_title(r"forward $q(x_t \mid x_0)$: hide tokens (one fixed random order, nested masks)", loc="left",
+                  fontsize=12)
+    _band(bottom, reverse, width, "reveal tokens", "tab:blue")
+    bottom.set_title(r"reverse $p_\theta$: reveal tokens (a sampler run from the fully masked canvas; "
+                     "new tokens highlighted)", loc="left", fontsize=12)
+    return fig

@@ -157,3 +157,36 @@ def test_save_figure_and_png(tmp_path):
     path = plots.save_figure(fig, tmp_path / "sub" / "run.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.figure_png(fig)[:4] == b"\x89PNG"
+
+
+def _process_texts(fig) -> list[str]:
+    return [text.get_text() for ax in fig.axes for text in ax.texts]
+
+
+def test_process_figure_draws_every_row_of_both_processes():
+    from tdlib.render import MASK_GLYPH
+
+    words = "the old fox finds a red key".split()
+    scores = [0.9, 0.1, 0.6, 0.3, 0.8, 0.2, 0.45]
+    steps = [[None] * 7, ["a", None, None, "sees", None, None, None], ["a", "dog", "sees", "sees", "it", ".", "he"]]
+    fig = plots.process_figure(words, scores, steps)
+    assert isinstance(fig, Figure)
+    boxes = [p for ax in fig.axes for p in ax.patches if p.get_gid() == "token-box"]
+    assert len(boxes) == 7 * (len(plots.PROCESS_RATIOS) + len(steps))
+    texts = _process_texts(fig)
+    # forward: at t = 0, 0.25, 0.5, 0.75, 1 the scores below t are hidden: 0, 2, 4, 5, 7 glyphs; reverse: 7, 5, 0
+    assert texts.count(MASK_GLYPH) == (0 + 2 + 4 + 5 + 7) + (7 + 5 + 0)
+    assert any(t.startswith("forward") for t in (ax.get_title(loc="left") for ax in fig.axes))
+    assert any(t.startswith("reverse") for t in (ax.get_title(loc="left") for ax in fig.axes))
+    bold = [t.get_text() for ax in fig.axes for t in ax.texts if t.get_weight() == "bold"]
+    assert sorted(bold) == sorted(["a", "sees", "dog", "sees", "it", ".", "he", "hide tokens", "reveal tokens"])
+
+
+def test_process_figure_one_step_trajectory_and_bad_inputs():
+    fig = plots.process_figure(["she", "sings", "."], [0.5, 0.2, 0.7], [[None, None, None], ["he", "runs", "."]])
+    assert "step 1 of 1  (0 hidden)" in _process_texts(fig)
+    plots.figure_png(fig)  # draws without error
+    with pytest.raises(UserError, match="one mask score per token"):
+        plots.process_figure(["a", "b"], [0.5], [[None, None], ["a", "b"]])
+    with pytest.raises(UserError, match="at least the initial canvas"):
+        plots.process_figure(["a"], [0.5], [[None]])
