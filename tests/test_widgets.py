@@ -447,3 +447,57 @@ def test_render_tokens_html(tokenizer):
     )
     assert spans(html, "td-given") == ["the"] and spans(html, "td-old") == ["s"]
     assert len(spans(html, "td-mask")) == 1
+
+
+# ---------------------------------------------------------------- side by side, following a run, snapshots
+
+
+def test_compare_scrubber_moves_every_pane_and_holds_a_shorter_trajectory(tokenizer, trajectory):
+    short = make_trajectory(tokenizer, ["[CLS] the dog sat on the mat . [SEP]"], [[[2, 3, 4, 5, 6, 7]]], given=[1])
+    compare = widgets.CompareScrubber({"long": trajectory, "short": short}, tokenizer, sample=0)
+    assert compare.slider.max == compare.play.max == 3
+    compare.set_step(2)
+    assert compare.panes["long"].value == render.render_step_html(trajectory, 2, tokenizer, sample=0)
+    assert compare.panes["short"].value == render.render_step_html(short, 1, tokenizer, sample=0)  # its last frame
+    snapshot = compare.snapshot()
+    assert "<table>" in snapshot and "<b>long</b>" in snapshot and "<b>short</b>" in snapshot
+    assert compare.panes["long"].value in snapshot
+
+
+def test_every_widget_offers_a_static_snapshot(tokenizer, trajectory):
+    scrubber = widgets.DenoisingScrubber(trajectory, tokenizer, sample=0)
+    scrubber.set_step(2)
+    assert scrubber.snapshot() == render.render_step_html(trajectory, 2, tokenizer, sample=0)
+    schedule = widgets.ScheduleExplorer(schedule="linear", num_steps=4, num_masked=8)
+    assert schedule.snapshot().startswith('<img src="data:image/png;base64,') and schedule.table.value in schedule.snapshot()
+    masking = widgets.MaskingExplorer("the cat sat", tokenizer, ratio=1.0)
+    assert masking.snapshot() == masking.render(1.0)
+    explorer = widgets.SamplingExplorer(torch.tensor([2.0, 1.0, 0.0]), tokenizer, kind="logits")
+    assert explorer.snapshot() == explorer.html.value
+    view = widgets.LiveLossView()
+    assert view.snapshot() == view.status.value  # nothing to draw yet
+    view(record(10, eval_loss_by_ratio={"1.0": 5.0, "0.5": 3.0}, nelbo_bits_per_char=2.5))
+    assert "data:image/png;base64," in view.snapshot()
+
+
+def test_follow_takes_records_as_another_process_writes_them(tmp_path, monkeypatch):
+    records = [record(0, event="start", config={}, max_steps=20), record(1, loss=4.0, lr=1e-4),
+               record(10, eval_loss_by_ratio={"1.0": 5.0}, nelbo_bits_per_char=2.5), record(10, event="end")]
+    metrics = tmp_path / "metrics.jsonl"
+    written = iter(range(1, len(records) + 1))
+
+    def write_more(seconds):  # each poll the "trainer" writes one more record
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in records[: next(written)]))
+
+    monkeypatch.setattr(widgets.time, "sleep", write_more)
+    view = widgets.LiveLossView()
+    assert view.follow(tmp_path, timeout_s=60, poll_s=0) == "finished"
+    assert view.records == records
+
+    unfinished = widgets.LiveLossView()
+    metrics.write_text(json.dumps(records[0]) + "\n")
+    monkeypatch.setattr(widgets.time, "sleep", lambda seconds: None)
+    assert unfinished.follow(tmp_path, timeout_s=0, poll_s=0) == "timeout"
+    assert "stopped watching" in unfinished.status.value
+    exited = SimpleNamespace(poll=lambda: 1)
+    assert widgets.LiveLossView().follow(tmp_path, timeout_s=60, poll_s=0, process=exited) == "exited"
