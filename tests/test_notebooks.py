@@ -10,6 +10,7 @@ five headings every notebook shares, and the single smoke switch.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,53 @@ def test_checked_outputs_are_deterministic_cells_only(name):
             assert "generate(" not in _source(cell) and "train(" not in _source(cell), (
                 f"{name}: only deterministic cells may be output-checked"
             )
+
+
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.]*\d)")  # 0.25, 4.184, 95.3 (not the 2 of "x2", not versions)
+
+
+def _printed_text(nb: dict) -> str:
+    """Everything a notebook's outputs show as text: streams, plain text and HTML."""
+    parts = []
+    for cell in _code(nb):
+        for output in cell["outputs"]:
+            parts.append("".join(output.get("text", "")))
+            for kind in ("text/plain", "text/html", "text/markdown"):
+                value = output.get("data", {}).get(kind, "")
+                parts.append(value if isinstance(value, str) else "".join(value))
+    return "\n".join(parts)
+
+
+def _what_we_saw(nb: dict) -> str:
+    """The markdown from the "## What we saw" heading to the next second-level heading."""
+    text = "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    start = text.index("## What we saw")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def _strip_math_and_code(markdown: str) -> str:
+    """Formulas and code are definitions, not measurements: drop $...$ and `...` spans."""
+    return re.sub(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`", " ", markdown, flags=re.S)
+
+
+def _unprinted(nb: dict) -> list[str]:
+    """Decimal numbers "What we saw" quotes that no output prints as a whole number (1.5 is not in 1.545)."""
+    printed = _printed_text(nb)
+    quoted = DECIMAL.findall(_strip_math_and_code(_what_we_saw(nb)))
+    return sorted({n for n in quoted if not re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", printed)})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_what_we_saw_quotes_only_numbers_the_outputs_print(name):
+    missing = _unprinted(_load(name))
+    assert not missing, f"{name}: 'What we saw' quotes {missing}, which no output of the notebook prints"
+
+
+def test_the_guard_catches_a_number_no_output_prints():
+    nb = {"cells": [
+        {"cell_type": "code", "source": "print(1)", "outputs": [{"output_type": "stream", "text": "bound 1.496\n"}]},
+        {"cell_type": "markdown", "source": "## What we saw\n\nThe bound was 1.545, then 1.49; 1.496 is printed, "
+                                            "not $0.5$ or `x = 2.5`.\n## Exercises"},
+    ]}
+    assert _unprinted(nb) == ["1.49", "1.545"]
