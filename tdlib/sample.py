@@ -307,6 +307,9 @@ def _draw(
     return _draw_from(logp, u, sampling=sampling, top_k=top_k, top_p=top_p), logp
 
 
+DRAW_ALL_UP_TO = 4096  # vocabulary size up to which `confidence` draws at every masked position in one go
+
+
 def _reveal_by_confidence(
     logp: torch.Tensor,
     masked: torch.Tensor,
@@ -328,10 +331,19 @@ def _reveal_by_confidence(
     rows ``idx``, each a function of its own row and uniform, so the result is
     exactly that of drawing everywhere.
 
+    With a small vocabulary (at most `DRAW_ALL_UP_TO` tokens) a draw costs less
+    than the bookkeeping of the rounds, so every position is drawn at once.
+
     Returns (revealed (B, L) bool, tokens (N,), probability of each token (N,)),
     tokens and probabilities meaningful where a draw was made.
     """
     n, device = len(logp), logp.device
+    if logp.shape[-1] <= DRAW_ALL_UP_TO:
+        tokens = draw()
+        p_token = logp.gather(1, tokens[:, None])[:, 0].exp()
+        scores = torch.full(masked.shape, float("-inf"), dtype=logp.dtype, device=device)  # (B, L)
+        scores[rows, cols] = p_token
+        return _top_per_row(scores, masked, count), tokens, p_token
     bound = logp.amax(-1).exp()  # (N,) the largest probability at each position
     tokens = torch.zeros(n, dtype=torch.long, device=device)
     p_token = torch.full((n,), float("nan"), dtype=logp.dtype, device=device)
@@ -409,8 +421,11 @@ class _Sampler:
             for col, ids in (self.forbidden_at or {}).items():
                 self.banned["at"][col, list(ids)] = True  # (L, V)
             self.banned["cols"] = self.banned["at"].any(-1)  # (L,) columns with extra bans
+            self.banned["some"] = bool(self.banned["cols"].any())
         with torch.inference_mode():  # a model denoiser returns inference tensors; change them in place
             logits.index_fill_(1, self.banned["all"], float("-inf"))  # (M, V)
+            if not self.banned["some"]:
+                return logits
             extra = self.banned["cols"][cols].nonzero()[:, 0]  # rows of `logits` at columns with extra bans
             if len(extra):
                 logits[extra] = logits[extra].masked_fill(self.banned["at"][cols[extra]], float("-inf"))
@@ -482,10 +497,12 @@ def _reveal_threshold(sampler: _Sampler, masked: torch.Tensor, count: torch.Tens
     draw = sampler.drawer(logp)
     least = _at_least_one(masked, count)  # (B,)
     revealed, tokens, p_token = _reveal_by_confidence(logp, masked, rows, cols, least, draw)
-    # a drawn token can reach the threshold only where the position's largest probability does
-    todo = (p_token.isnan() & (logp.amax(-1).exp() >= sampler.threshold)).nonzero()[:, 0]
-    tokens[todo] = draw(todo)
-    p_token[todo] = logp[todo, tokens[todo]].exp()
+    undrawn = p_token.isnan()  # (N,) none with a small vocabulary, where every position is drawn at once
+    if bool(undrawn.any()):
+        # a drawn token can reach the threshold only where the position's largest probability does
+        todo = (undrawn & (logp.amax(-1).exp() >= sampler.threshold)).nonzero()[:, 0]
+        tokens[todo] = draw(todo)
+        p_token[todo] = logp[todo, tokens[todo]].exp()
     # reveal i  <=>  p_T(v_i) >= threshold  (or i is among the `least` most probable draws)
     revealed[rows, cols] |= p_token >= sampler.threshold
     where = revealed[rows, cols].nonzero()[:, 0]

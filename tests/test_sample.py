@@ -300,10 +300,14 @@ def test_chunked_topk_matches_torch_topk(k, vocab):
 
 
 @pytest.mark.parametrize("sampling", ["greedy", "topk", "nucleus"])
-def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_result(sampling):
+@pytest.mark.parametrize("draw_all_up_to", [0, 4096])  # in rounds (a large vocabulary), or all at once (a small one)
+def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_result(sampling, draw_all_up_to,
+                                                                                  monkeypatch):
     """`_reveal_by_confidence` equals drawing at every position and revealing the most probable draws."""
+    from tdlib import sample
     from tdlib.sample import _draw_from, _reveal_by_confidence, _top_per_row, _uniforms
 
+    monkeypatch.setattr(sample, "DRAW_ALL_UP_TO", draw_all_up_to)
     g = torch.Generator().manual_seed(3)
     shape = (6, 40)
     eligible = torch.rand(shape, generator=g) < 0.7  # (B, L) masked positions
@@ -317,7 +321,8 @@ def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_resul
     u = _uniforms(len(logp), sampling, torch.Generator().manual_seed(0), "cpu")
     drawn_rows = []
 
-    def draw(idx):
+    def draw(idx=None):
+        idx = torch.arange(len(logp)) if idx is None else idx
         drawn_rows.append(len(idx))
         return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=20, top_p=0.9)
 
@@ -332,7 +337,10 @@ def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_resul
     keep = revealed[rows, cols]
     assert torch.equal(tokens[keep], all_tokens[keep])
     assert torch.equal(p_token[keep], scores[rows, cols][keep])
-    assert sum(drawn_rows) < len(logp)  # fewer draws than positions
+    if draw_all_up_to < logp.shape[-1]:
+        assert sum(drawn_rows) < len(logp)  # fewer draws than positions
+    else:
+        assert drawn_rows == [len(logp)]  # one draw everywhere
 
 
 def test_as_denoiser_positions_returns_the_masked_only_rows(scratch):
