@@ -33,7 +33,7 @@ PRESETS = {"toy": "toy", "text": "cpu"}  # what notebook 02 trains for each kind
 TEXT_DATA_ENV = "TDLIB_DATA_DIR"  # a folder with WikiText-2's train/valid/test: real text becomes the original data
 RUN_ENV = "TDLIB_COURSE_RUN"  # a run directory the learner names instead of the course models
 SMOKE_OVERRIDES = {  # seconds-long stand-ins, one per kind
-    "toy": dict(max_steps=60, eval_steps=60, save_steps=60, corpus_size=2000),
+    "toy": dict(max_steps=60, eval_steps=60, save_steps=60, corpus_size=2000, eval_examples=32),
     "text": dict(),
 }
 
@@ -89,7 +89,8 @@ def train_command(kind: str = "text", *, smoke: bool = False) -> list[str]:
     preset = "smoke" if smoke and kind == "text" else PRESETS[kind]
     args = ["tdlib", "train", "--preset", preset, "--output-dir", str(run_dir(kind, smoke=smoke))]
     if smoke and kind == "toy":
-        args += [f"--{key.replace('_', '-')}={value}" for key, value in SMOKE_OVERRIDES["toy"].items()]
+        args += [f"--{key.replace('_', '-')}={value}" for key, value in SMOKE_OVERRIDES["toy"].items()
+                 if key != "eval_examples"]  # set by the presets only, not a flag
     return args + (real_text_args() if kind == "text" else [])
 
 
