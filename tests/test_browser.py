@@ -1,8 +1,9 @@
-"""The DenoisingScrubber in a real JupyterLab, driven by headless Chromium.
+"""The DenoisingScrubber and the CompareScrubber in a real JupyterLab, driven by headless Chromium.
 
 Starts JupyterLab on 127.0.0.1 with an empty token in a temporary HOME holding a
-tiny notebook, runs its cell, presses Play and checks that the step shown in the
-page advances. Needs Debian's /usr/bin/chromium and the playwright package
+tiny notebook of two cells (one scrubber each), runs one cell, presses Play and
+checks that the step shown in the page advances: in the single scrubber, and in
+both panes of the side-by-side one. Needs Debian's /usr/bin/chromium and the playwright package
 (`apt-get install -y chromium`, `pip install playwright`; never `playwright install`).
 """
 
@@ -55,6 +56,36 @@ trajectory = SimpleNamespace(tokens=tokens, revealed=revealed, probs=probs, mask
 DenoisingScrubber(trajectory, tokenizer, interval_ms=400)
 """
 
+COMPARE_CODE = """\
+from types import SimpleNamespace
+import torch
+from tdlib.widgets import CompareScrubber
+
+words = ["<s>", "</s>", "<mask>", "The", "Ġcat", "Ġsat", "Ġon", "Ġthe", "Ġmat", ".", "Ġdog", "Ġran"]
+tokenizer = SimpleNamespace(convert_ids_to_tokens=lambda ids: [words[i] for i in ids],
+                            all_special_ids=[0, 1, 2], mask_token_id=2)
+
+
+def trajectory(final, order):
+    final = torch.tensor([final])  # (B, L)
+    steps = len(order)
+    tokens = final.expand(steps + 1, 1, final.shape[1]).clone()  # (S+1, B, L)
+    revealed = torch.zeros(steps + 1, 1, final.shape[1], dtype=torch.bool)
+    for s, positions in enumerate(order, start=1):
+        revealed[s, 0, positions] = True
+    for s in range(steps + 1):
+        tokens[s][revealed[s + 1:].any(0)] = 2
+    given = torch.zeros(1, final.shape[1], dtype=torch.bool)
+    given[0, [0, final.shape[1] - 1]] = True
+    probs = torch.where(tokens == 2, float("nan"), 0.8)
+    return SimpleNamespace(tokens=tokens, revealed=revealed, probs=probs, mask_id=2, given=given)
+
+
+left = trajectory([0, 3, 4, 5, 6, 7, 8, 9, 1], [[1, 4], [2, 5], [3, 6], [7]])
+right = trajectory([0, 3, 10, 11, 6, 7, 8, 9, 1], [[7, 2], [1], [3, 4, 5], [6]])
+CompareScrubber({"left run": left, "right run": right}, tokenizer, interval_ms=400)
+"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -87,8 +118,9 @@ def sync_api():
 
 @pytest.fixture
 def jupyterlab(sync_api, tmp_path):
-    """A JupyterLab server on 127.0.0.1 (empty token) whose root holds demo.ipynb; yields its URL."""
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_CODE)])
+    """A JupyterLab server on 127.0.0.1 (empty token) whose root holds demo.ipynb (two cells); yields its URL."""
+    cells = [nbformat.v4.new_code_cell(NOTEBOOK_CODE), nbformat.v4.new_code_cell(COMPARE_CODE)]
+    notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3 (ipykernel)",
@@ -157,5 +189,42 @@ def test_play_advances_the_scrubber_in_jupyterlab(sync_api, jupyterlab):
             assert (
                 page.locator(".jp-OutputArea-output .td-frame").count() >= 1
             )  # the static final frame
+        finally:
+            browser.close()
+
+
+# the step headers of the live panes (not the static snapshot) in the second code cell
+PANE_HEADS = "document.querySelectorAll('.jp-CodeCell')[1].querySelectorAll('.widget-html-content .td-head')"
+
+
+def test_play_advances_both_panes_of_the_compare_scrubber(sync_api, jupyterlab):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(jupyterlab + "lab/tree/demo.ipynb")
+            page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).wait_for()
+            page.locator(".jp-Cell .jp-InputArea-editor").nth(1).click()
+            page.keyboard.press("Shift+Enter")  # runs the second cell only
+            cell = page.locator(".jp-CodeCell").nth(1)
+            readout = cell.locator(".widget-readout").first
+            readout.wait_for()
+            assert readout.inner_text().strip() == "0"
+            page.wait_for_function(f"() => {PANE_HEADS}.length === 2")
+            panes = cell.locator(".widget-html-content .td-frame")
+            assert panes.count() == 2
+            before = [panes.nth(i).inner_text() for i in range(2)]
+            assert all("step 0 / 4" in text for text in before)
+            cell.locator(".widget-play button").first.click()
+            page.wait_for_function(
+                f"() => [...{PANE_HEADS}].every(e => /step [1-4] \\/ 4/.test(e.textContent))"
+            )
+            assert int(readout.inner_text()) >= 1
+            after = [panes.nth(i).inner_text() for i in range(2)]
+            assert after[0] != before[0] and after[1] != before[1]  # both panes moved on
+            assert after[0] != after[1]  # two different runs, side by side
+            # the static snapshot: both runs side by side in one table
+            assert cell.locator(".jp-OutputArea-output table .td-frame").count() == 2
         finally:
             browser.close()
