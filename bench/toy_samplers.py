@@ -16,7 +16,7 @@ strictest knob whose mean passes per sample (`Trajectory.passes_per_row`) are at
 most P; the table shows the knob and the passes it used. Three more rows generate
 blocks of 8 words left to right (``block_length``; semi-autoregressive, as in LLaDA):
 ``random``, ``confidence`` and ``threshold`` within blocks. The exact denoiser is wrapped
-(`GuardedOracle`) so that a canvas made impossible by parallel reveals goes on being filled.
+(`ToyLanguage.guarded`) so that a canvas made impossible by parallel reveals goes on being filled.
 
     python bench/toy_samplers.py --run-dir /tmp/exp/toy2400 --num-samples 200
 
@@ -36,13 +36,13 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 from _common import print_figures, setup_threads
 
 from tdlib.errors import check
 from tdlib.metrics import unigram_entropy
 from tdlib.model import load_checkpoint
-from tdlib.sample import ADAPTIVE, REMASKING, STRATEGIES, generate
+from tdlib.sample import ADAPTIVE, REMASKING, STRATEGIES
+from tdlib.sweep import toy_cell
 from tdlib.toylang import ToyLanguage
 
 KNOBS = {  # strict (few tokens per pass) to loose
@@ -61,28 +61,6 @@ NOTES = {
                           "(below it: too predictable, above: too unlikely)",
     "unigram_entropy": "entropy of the pooled word distribution, bits; the language's own text sets the mark",
 }
-
-
-class GuardedOracle:
-    """The language's exact denoiser, with a fallback once a canvas is impossible.
-
-    Parallel reveals can write words the language cannot produce together (". ."); then
-    p(x_i | visible) is undefined and the oracle's logits are -inf everywhere at the masked
-    positions, which a sampler cannot draw from. There the oracle answers with p(x_i | no
-    words visible), the marginal of the empty canvas, so the sample goes on like text.
-    """
-
-    def __init__(self, language: ToyLanguage):
-        self.language = language
-
-    def __call__(self, xt: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact logits (B, L, V); rows with no finite logit replaced by the empty canvas's."""
-        logits = self.language(xt)  # (B, L, V)
-        lost = ~logits.isfinite().any(-1)  # (B, L) masked positions of impossible canvases
-        if lost.any():
-            empty = torch.where(self.language.content_mask(xt), self.language.mask_id, xt)  # (B, L)
-            logits[lost] = self.language(empty)[lost]
-        return logits
 
 
 def parse_args() -> argparse.Namespace:
@@ -104,17 +82,10 @@ def model_dir(run_dir: str) -> Path:
 
 def run_cell(denoiser, tokenizer, language: ToyLanguage, length: int, setting: tuple, num_steps: int,
              args: argparse.Namespace, knobs: dict) -> dict:
-    """One `generate` call of ``args.num_samples`` canvases for ``setting`` (label, strategy, blocks), scored exactly."""
+    """One cell for ``setting`` (label, strategy, blocks): `tdlib.sweep.toy_cell` with the bench's samples and seed."""
     label, strategy, block_length = setting
-    texts, trajectory = generate(denoiser, tokenizer, num_samples=args.num_samples, max_length=length + 2,
-                                 num_steps=num_steps, strategy=strategy, sampling="nucleus", top_p=1.0,
-                                 seed=args.seed, block_length=block_length, **knobs)
-    scores = language.score(texts)
-    return {"setting": label, "strategy": strategy, "block_length": block_length, "num_steps": num_steps, **knobs,
-            "passes": float(trajectory.passes_per_row.double().mean()),
-            "grammatical_share": scores["grammatical_share"], "possible_share": scores["possible_share"],
-            "true_nll_per_token": scores["true_nll_per_token"], "unigram_entropy": unigram_entropy(texts),
-            "example": texts[0]}
+    return toy_cell(denoiser, tokenizer, language, length=length, num_steps=num_steps, strategy=strategy,
+                    block_length=block_length, num_samples=args.num_samples, seed=args.seed, label=label, **knobs)
 
 
 def sweep(denoiser, tokenizer, language: ToyLanguage, length: int, budgets: list[int],
@@ -231,14 +202,14 @@ def main() -> None:
     budgets = [max(length // d, 1) for d in (1, 2, 4, 8, 16)] + [2 * length]  # as LABELS
     check(len(set(budgets)) == len(budgets), f"L = {length} words is too short for budgets down to L/16")
     results = {}
-    for name, denoiser in (("exact", GuardedOracle(language)), ("network", model)):
+    for name, denoiser in (("exact", language.guarded()), ("network", model)):
         print(f"{name} denoiser", file=sys.stderr, flush=True)
         results[name] = sweep(denoiser, tokenizer, language, length, budgets, args)
     own = language.sample_lines(args.num_samples, length, seed=args.seed + 1)
     reference = {**language.score(own), "unigram_entropy": unigram_entropy(own)}
     report = [f"# Samplers on the toy language at matched forward passes\n\nL = {length} generated words, "
               f"{args.num_samples} samples per cell, nucleus p = 1, seed {args.seed}. The exact denoiser falls back "
-              "to the empty canvas's marginals once parallel reveals make a canvas impossible (`GuardedOracle`). "
+              "to the empty canvas's marginals once parallel reveals make a canvas impossible (`ToyLanguage.guarded`). "
               "The language's own text: "
               + ", ".join(f"{m} {reference[m]:.4g}" for m in METRICS) + "."]
     for name, (cells, _) in results.items():

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tdlib.errors import UserError, check
-from tdlib.metrics import generative_perplexity, sample_metrics
+from tdlib.metrics import generative_perplexity, sample_metrics, unigram_entropy
 from tdlib.sample import STRATEGIES, build_canvas, check_options, generate
 
 # What each metric of a steps sweep means, for tables (the figures in `tdlib.plots` say the same).
@@ -128,6 +128,27 @@ def quality_vs_steps(
             rows.append({**row, **_scores(texts, reference, language), "texts": texts})
             bar.update()
     return rows
+
+
+def toy_cell(denoiser: Any, tokenizer: Any, language: Any, *, length: int, num_steps: int, strategy: str,
+             block_length: int | None = None, num_samples: int = 200, seed: int = 0, label: str | None = None,
+             **knobs: float) -> dict[str, Any]:
+    """One `generate` call of ``num_samples`` toy canvases of ``length`` words, scored exactly by ``language``.
+
+    ``denoiser`` is a network or the language's own (`ToyLanguage.guarded`); ``knobs`` are
+    `generate`'s ``threshold``, ``entropy_bound`` or ``remask_eta``. The row holds the mean
+    forward passes per sample (an adaptive strategy decides them), the grammatical and
+    possible shares, the true NLL per token and the unigram entropy, and the first text.
+    """
+    texts, trajectory = generate(denoiser, tokenizer, num_samples=num_samples, max_length=length + 2,
+                                 num_steps=num_steps, strategy=strategy, sampling="nucleus", top_p=1.0, seed=seed,
+                                 block_length=block_length, **knobs)
+    scores = language.score(texts)
+    return {"setting": label or strategy, "strategy": strategy, "block_length": block_length, "num_steps": num_steps,
+            **knobs, "passes": float(trajectory.passes_per_row.double().mean()),
+            "grammatical_share": scores["grammatical_share"], "possible_share": scores["possible_share"],
+            "true_nll_per_token": scores["true_nll_per_token"], "unigram_entropy": unigram_entropy(texts),
+            "example": texts[0]}
 
 
 def _cell(value: Any) -> str:

@@ -256,6 +256,10 @@ class ToyLanguage:
         logits[rows, cols[rows, j]] = logp[rows, j]
         return logits.to(device)
 
+    def guarded(self) -> GuardedDenoiser:
+        """The exact denoiser with a fallback for impossible canvases (`GuardedDenoiser`), for samplers."""
+        return GuardedDenoiser(self)
+
     def log_prob(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Exact log p(content) in nats of canvases (B, L), float64, shape (B,); [MASK] positions are summed out."""
         tokens, _, _ = self._content(input_ids.cpu())
@@ -387,3 +391,27 @@ class ToyLanguage:
             "true_nll_per_token": float(-logp[possible].sum() / counted) if counted else math.nan,
         }
 
+
+
+class GuardedDenoiser:
+    """A language's exact denoiser, with a fallback once a canvas is impossible.
+
+    Revealing several words in one pass draws each from its own conditional, and
+    together they can be words the language never writes side by side (". .").
+    Then p(x_i | visible) is undefined and the exact logits are -inf everywhere
+    at the masked positions, which no sampler can draw from. There this denoiser
+    answers with p(x_i | no words visible), the conditionals of the empty canvas,
+    so the sample goes on like text (and is graded ungrammatical all the same).
+    """
+
+    def __init__(self, language: ToyLanguage):
+        self.language = language
+
+    def __call__(self, xt: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact logits (B, L, V); rows with no finite logit replaced by the empty canvas's."""
+        logits = self.language(xt)  # (B, L, V)
+        lost = ~logits.isfinite().any(-1)  # (B, L) masked positions of impossible canvases
+        if lost.any():
+            empty = torch.where(self.language.content_mask(xt), self.language.mask_id, xt)  # (B, L)
+            logits[lost] = self.language(empty)[lost]
+        return logits

@@ -319,3 +319,33 @@ def test_entropy_rate_and_unigram_entropy(lang):
     chars = float(lang.unigram() @ lang.chars_per_token.double())
     assert 3 < chars < 8
     assert est["bits_per_char"] == pytest.approx(est["bits_per_token"] / chars, rel=0.02)
+
+
+def test_the_guarded_denoiser_answers_an_impossible_canvas_with_the_empty_canvas():
+    from tdlib.toylang import ToyLanguage
+
+    language = ToyLanguage()
+    tokenizer = language.tokenizer()
+    mask = language.mask_id
+    ids = tokenizer(". .", add_special_tokens=False)["input_ids"]
+    start, end = tokenizer.cls_token_id, tokenizer.sep_token_id
+    impossible = torch.tensor([[start, *ids, mask, mask, end]])  # ". ." cannot be written: no sentence is empty
+    exact = language(impossible)
+    assert not exact[0, 3].isfinite().any()  # the exact conditionals are undefined
+    guarded = language.guarded()(impossible)
+    empty = language(torch.tensor([[start, mask, mask, mask, mask, end]]))
+    assert torch.equal(guarded[0, 3:5], empty[0, 3:5])
+    possible = torch.tensor([[start, mask, mask, mask, mask, end]])
+    assert torch.equal(language.guarded()(possible), language(possible))  # a possible canvas is left as it is
+
+
+def test_a_toy_cell_scores_one_generate_call_exactly():
+    from tdlib.sweep import toy_cell
+    from tdlib.toylang import ToyLanguage
+
+    language = ToyLanguage()
+    row = toy_cell(language.guarded(), language.tokenizer(), language, length=8, num_steps=8, strategy="random",
+                   num_samples=6, seed=0, label="one word per pass")
+    assert row["setting"] == "one word per pass" and row["passes"] == 8
+    assert row["grammatical_share"] == 1.0  # the exact denoiser, one word per pass: the language itself
+    assert row["unigram_entropy"] > 0 and isinstance(row["example"], str)
