@@ -38,6 +38,7 @@ STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step
 TRAINING_CONFIG_FILE = "training_config.json"  # beside each checkpoint and the final model: the TrainConfig
 METRICS_FILE = "metrics.jsonl"  # a run directory's metrics log, one JSON record per line
 FINAL_MODEL = "final-model"  # the run directory's model at the end
+FINAL_EVENTS = ("end", "stopped", "interrupted")  # the events of a run's last metrics record
 logger = logging.getLogger(__name__)  # without handlers, warnings go to stderr as bare lines
 
 

@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdlib.checkpoint import FINAL_MODEL, METRICS_FILE
+from tdlib.checkpoint import FINAL_EVENTS, FINAL_MODEL, METRICS_FILE
 from tdlib.errors import check
 
 KINDS = ("toy", "text")
@@ -179,9 +179,12 @@ def _open(directory: Path, note: str) -> CourseModel:
 
 
 def _steps_trained(directory: Path) -> int | str:
+    """The step at which the final model was saved: the last end-of-run record (a resumed run may be writing more)."""
     from tdlib.plots import read_metrics, train_records
 
     if not (directory / METRICS_FILE).is_file():
         return "?"
-    steps = [r["step"] for r in train_records(read_metrics(directory))]
-    return max(steps) if steps else "?"
+    records = read_metrics(directory)
+    ends = [r["step"] for r in records if r.get("event") in FINAL_EVENTS]
+    steps = [r["step"] for r in train_records(records)]
+    return ends[-1] if ends else max(steps) if steps else "?"

@@ -136,10 +136,19 @@ def _model_device(model: Any) -> torch.device:
 
 
 @torch.no_grad()
+def reader_limit(model: Any) -> int:
+    """Longest input a causal reference takes (GPT-2's n_positions), else 1024."""
+    config = getattr(model, "config", None)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
+
+
 def generative_perplexity(
-    texts: Sequence[str], model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int = 1024
+    texts: Sequence[str], model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int | None = None
 ) -> float:
     """exp(mean token NLL) of the texts under a causal reference LM (e.g. GPT-2); lower = more fluent.
+
+    Each text is cut to ``max_length`` tokens, by default the longest input the
+    reference takes (`reader_limit`).
 
     `model(input_ids=..., attention_mask=...).logits` gives next-token logits
     (Hugging Face `AutoModelForCausalLM`); `tokenizer.encode(text,
@@ -149,6 +158,7 @@ def generative_perplexity(
     rewards dull, repetitive text, so read it beside the diversity metrics.
     """
     check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    max_length = reader_limit(model) if max_length is None else max_length
     bos = getattr(tokenizer, "bos_token_id", None)
     seqs = []
     for text in texts:

@@ -43,12 +43,6 @@ def _generated_positions(tokenizer: Any, prefix: str, max_length: int) -> int:
     return sum(i == tokenizer.mask_token_id for i in canvas)
 
 
-def _reference_limit(model: Any) -> int:
-    """Longest input the causal reference takes (GPT-2's n_positions), else 1024."""
-    config = getattr(model, "config", None)
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
-
-
 def _scores(texts: list[str], reference: tuple[Any, Any] | None, language: Any = None) -> dict[str, float]:
     """`sample_metrics` of one cell's texts, their generative perplexity under ``reference`` and the exact
     scores of ``language`` (a `tdlib.toylang.ToyLanguage`), each if given."""
@@ -58,9 +52,7 @@ def _scores(texts: list[str], reference: tuple[Any, Any] | None, language: Any =
     if reference is not None:
         ref_model, ref_tokenizer = reference
         try:
-            scores["generative_perplexity"] = generative_perplexity(
-                texts, ref_model, ref_tokenizer, max_length=_reference_limit(ref_model)
-            )
+            scores["generative_perplexity"] = generative_perplexity(texts, ref_model, ref_tokenizer)
         except UserError:  # no text has a token to score
             scores["generative_perplexity"] = math.nan
     return scores

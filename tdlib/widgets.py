@@ -29,7 +29,7 @@ from IPython.display import HTML, display
 from matplotlib.figure import Figure
 
 from tdlib import plots, render
-from tdlib.checkpoint import METRICS_FILE
+from tdlib.checkpoint import FINAL_EVENTS, METRICS_FILE
 from tdlib.masking import mask_tokens, protected_positions
 from tdlib.sample import SAMPLINGS
 from tdlib.schedules import SCHEDULES
@@ -150,7 +150,6 @@ class CompareScrubber:
 # ---------------------------------------------------------------- training metrics
 
 
-FINAL_EVENTS = ("end", "stopped", "interrupted")  # tdlib.train's last record of a run
 
 
 class LiveLossView:
