@@ -225,6 +225,11 @@ STEP_METRIC_LABELS = {
     "self_bleu": ("Sameness", "self-BLEU between samples\n(lower = samples less alike)", False),
     "mean_words": ("Length", "words per sample", False),
     "seconds": ("Cost", "sampling time (s)", True),
+    # exact scores, when the text comes from a language with known answers (tdlib.toylang)
+    "grammatical_share": ("Grammar", "share of sentences the language can produce\n(higher = better)", False),
+    "possible_share": ("Possible", "share of samples with probability > 0", False),
+    "true_nll_per_token": ("True likelihood", "exact -log p per token, nats\n(the language's own text sets the mark)",
+                           False),
 }
 LINE_STYLES = ("-", "--", ":", "-.")
 
