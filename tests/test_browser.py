@@ -164,17 +164,23 @@ def jupyterlab(sync_api, tmp_path):
         log.close()
 
 
+def _run_demo_cell(browser, jupyterlab: str, index: int):
+    """Open the demo notebook in JupyterLab and run its code cell ``index`` (Shift+Enter); returns the page."""
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(jupyterlab + "lab/tree/demo.ipynb")
+    # the kernel exists only once the status bar names it; an earlier "Idle" leads to a dialog
+    page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).wait_for()
+    page.locator(".jp-Cell .jp-InputArea-editor").nth(index).click()
+    page.keyboard.press("Shift+Enter")
+    return page
+
+
 def test_play_advances_the_scrubber_in_jupyterlab(sync_api, jupyterlab):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(jupyterlab + "lab/tree/demo.ipynb")
-            # the kernel exists only once the status bar names it; an earlier "Idle" leads to a dialog
-            page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).wait_for()
-            page.locator(".jp-Cell .jp-InputArea-editor").first.click()
-            page.keyboard.press("Shift+Enter")
+            page = _run_demo_cell(browser, jupyterlab, 0)
             readout = page.locator(".widget-readout").first
             readout.wait_for()
             assert readout.inner_text().strip() == "0"
@@ -201,12 +207,7 @@ def test_play_advances_both_panes_of_the_compare_scrubber(sync_api, jupyterlab):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(jupyterlab + "lab/tree/demo.ipynb")
-            page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).wait_for()
-            page.locator(".jp-Cell .jp-InputArea-editor").nth(1).click()
-            page.keyboard.press("Shift+Enter")  # runs the second cell only
+            page = _run_demo_cell(browser, jupyterlab, 1)  # the second cell only
             cell = page.locator(".jp-CodeCell").nth(1)
             readout = cell.locator(".widget-readout").first
             readout.wait_for()
