@@ -61,6 +61,17 @@ def train_records(records: Iterable[dict]) -> list[dict]:
     return [r for r in records if "loss" in r]
 
 
+def training_seconds(records: Iterable[dict]) -> float:
+    """Seconds a run spent training, over all its sessions: a resumed run's clock starts again at each resume."""
+    total, last = 0.0, 0.0
+    for record in records:
+        if record.get("event") == "resume":
+            total, last = total + last, 0.0
+        elif "elapsed_s" in record:
+            last = record["elapsed_s"]
+    return total + last
+
+
 def _ratios(evals: Sequence[dict]) -> list[float]:
     return sorted({float(k) for r in evals for k in r["eval_loss_by_ratio"]})
 

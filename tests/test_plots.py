@@ -190,3 +190,12 @@ def test_process_figure_one_step_trajectory_and_bad_inputs():
         plots.process_figure(["a", "b"], [0.5], [[None, None], ["a", "b"]])
     with pytest.raises(UserError, match="at least the initial canvas"):
         plots.process_figure(["a"], [0.5], [[None]])
+
+
+def test_training_seconds_add_up_the_sessions_of_a_resumed_run():
+    records = [{"step": 0, "event": "start"}, {"step": 1, "loss": 3.0, "elapsed_s": 5.0},
+               {"step": 2, "loss": 2.0, "elapsed_s": 9.0}, {"step": 2, "event": "stopped"},
+               {"step": 2, "event": "resume"}, {"step": 3, "loss": 1.0, "elapsed_s": 4.0}, {"step": 3, "event": "end"}]
+    assert plots.training_seconds(records) == 13.0
+    assert plots.training_seconds(records[:3]) == 9.0
+    assert plots.training_seconds([]) == 0.0
