@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     code = gen._run(gen)
     if code == 0 and config.dataset == "toy":
         _grade_toy(out / "final-model", config, max_length, prefix, args.seed)
-    print("== next: real text with `tdlib demo --preset cpu` (about ten minutes on 2 cores); the original "
+    print("== next: real text with `tdlib demo --preset cpu` (4 to 12 minutes on 2 cores, by machine); the original "
           "experiment on a GPU with `tdlib train --preset seed`")
     return code
 
