@@ -135,13 +135,13 @@ def _model_device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
-@torch.no_grad()
 def reader_limit(model: Any) -> int:
     """Longest input a causal reference takes (GPT-2's n_positions), else 1024."""
     config = getattr(model, "config", None)
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 1024
 
 
+@torch.no_grad()
 def generative_perplexity(
     texts: Sequence[str], model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int | None = None
 ) -> float:
