@@ -99,6 +99,19 @@ def test_generative_perplexity_by_hand():
         generative_perplexity([""], model, _CharTokenizer())
 
 
+def test_generative_perplexity_builds_no_autograd_graph_and_respects_the_readers_length():
+    class Reader(_BigramLM):
+        config = types.SimpleNamespace(n_positions=3)  # a reader that takes 3 tokens at most
+
+        def forward(self, input_ids, attention_mask=None):
+            self.seen = (torch.is_grad_enabled(), input_ids.shape[1])
+            return super().forward(input_ids, attention_mask)
+
+    reader = Reader(torch.full((3, 3), 1 / 3))
+    generative_perplexity(["abab"], reader, _CharTokenizer())
+    assert reader.seen == (False, 3)  # BOS a b, cut to the reader's limit; no graph for a score
+
+
 def test_mauve_without_the_package_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mauve", None)  # makes `import mauve` fail
     with pytest.raises(UserError, match="pip install mauve-text"):
