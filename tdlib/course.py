@@ -57,41 +57,47 @@ def finished(directory: str | Path) -> bool:
     return (Path(directory) / FINAL_MODEL).is_dir()
 
 
-def real_text_args() -> list[str]:
-    """``tdlib train`` flags for the real text: WikiText-2 from ``$TDLIB_DATA_DIR`` if set, else the built-in manual."""
+def real_text_source() -> dict[str, str]:
+    """The fields that switch a real-text run to WikiText-2 from ``$TDLIB_DATA_DIR``; none: the manual (the cpu preset's)."""
     folder = os.environ.get(TEXT_DATA_ENV)
-    return ["--dataset", "wikitext-2", "--data-dir", folder] if folder else []
+    return {"dataset": "wikitext-2", "data_dir": folder} if folder else {}
 
 
 def real_text_corpus() -> tuple[str, dict[str, list[str]]]:
     """(name, corpus) of the real text the notebooks show: WikiText-2 from ``$TDLIB_DATA_DIR``, else the manual's prose."""
     from tdlib.data import load_corpus
 
-    folder = os.environ.get(TEXT_DATA_ENV)
-    if folder:
-        return "wikitext-2", load_corpus("wikitext-2", folder)
-    return "pydoc", load_corpus("pydoc")
+    source = real_text_source()
+    name = source.get("dataset", "pydoc")
+    return name, load_corpus(name, source.get("data_dir"))
+
+
+def _recipe(kind: str, smoke: bool) -> tuple[str, dict]:
+    """The preset a course model trains with, and the fields where it differs from that preset."""
+    check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
+    if smoke:
+        return ("smoke" if kind == "text" else PRESETS[kind]), dict(SMOKE_OVERRIDES[kind])
+    return PRESETS[kind], (real_text_source() if kind == "text" else {})
 
 
 def course_config(kind: str = "toy", *, smoke: bool = False, **overrides):
     """The `TrainConfig` of a course model (its seconds-long stand-in with ``smoke``), saving to `run_dir`."""
     from tdlib.train import preset
 
-    check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
-    name = "smoke" if smoke and kind == "text" else PRESETS[kind]
-    values = dict(SMOKE_OVERRIDES[kind]) if smoke else {}
-    values.update(overrides)
-    return preset(name, output_dir=str(run_dir(kind, smoke=smoke)), **values)
+    name, values = _recipe(kind, smoke)
+    return preset(name, output_dir=str(run_dir(kind, smoke=smoke)), **{**values, **overrides})
 
 
 def train_command(kind: str = "text", *, smoke: bool = False) -> list[str]:
-    """The command line notebook 02 runs (and prints) to train a course model."""
-    preset = "smoke" if smoke and kind == "text" else PRESETS[kind]
-    args = ["tdlib", "train", "--preset", preset, "--output-dir", str(run_dir(kind, smoke=smoke))]
-    if smoke and kind == "toy":
-        args += [f"--{key.replace('_', '-')}={value}" for key, value in SMOKE_OVERRIDES["toy"].items()
+    """The command line notebook 02 runs (and prints) to train a course model, `course_config` as flags."""
+    name, values = _recipe(kind, smoke)
+    args = ["tdlib", "train", "--preset", name, "--output-dir", str(run_dir(kind, smoke=smoke))]
+    if smoke:
+        args += [f"--{key.replace('_', '-')}={value}" for key, value in values.items()
                  if key != "eval_examples"]  # set by the presets only, not a flag
-    return args + (real_text_args() if kind == "text" else [])
+    else:
+        args += [arg for key, value in values.items() for arg in (f"--{key.replace('_', '-')}", value)]
+    return args
 
 
 def start_training(kind: str = "text", *, smoke: bool = False) -> subprocess.Popen:
@@ -148,8 +154,8 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
         _fresh(stand_in)
         train(course_config("text", smoke=True), progress=False)
     return _open(stand_in, f"the real-text course model {directory} {state} (notebook 02 starts it: "
-                           f"{' '.join(train_command('text'))}); using a 20-step stand-in from {stand_in}: "
-                           "expect noise, not text")
+                           f"{' '.join(train_command('text'))}); using a stand-in trained for seconds, from "
+                           f"{stand_in}: expect noise, not text", warn=True)
 
 
 def _fresh(directory: Path) -> None:
@@ -160,12 +166,12 @@ def _fresh(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _open(directory: Path, note: str) -> CourseModel:
+def _open(directory: Path, note: str, *, warn: bool = False) -> CourseModel:
+    """Load a run's final model and print ``note`` with its recipe, flagged ``!!!`` when ``warn``, else ``>>>``."""
     from tdlib.checkpoint import training_config
     from tdlib.model import load_checkpoint
 
-    model, tokenizer = load_checkpoint(directory / FINAL_MODEL)
-    model.eval()
+    model, tokenizer = load_checkpoint(directory / FINAL_MODEL)  # in eval mode
     config = training_config(directory / FINAL_MODEL)
     language = None
     if config.get("dataset") == "toy":
@@ -174,7 +180,7 @@ def _open(directory: Path, note: str) -> CourseModel:
         language = ToyLanguage()
     steps = _steps_trained(directory)
     note = f"{note} ({config.get('model_name')}, {config.get('dataset')}, {steps} steps)"
-    print(("!!! " if "stand-in" in note else ">>> ") + note, flush=True)
+    print(("!!! " if warn else ">>> ") + note, flush=True)
     return CourseModel(model, tokenizer, directory, config, note, language)
 
 

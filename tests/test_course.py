@@ -25,6 +25,8 @@ def test_run_directories_and_commands(runs, monkeypatch):
     assert "--max-steps=60" in course.train_command("toy", smoke=True)
     monkeypatch.setenv(course.TEXT_DATA_ENV, "/data/wikitext")
     assert course.train_command("text")[-4:] == ["--dataset", "wikitext-2", "--data-dir", "/data/wikitext"]
+    config = course.course_config("text")  # the same run as the command trains
+    assert (config.dataset, config.data_dir, config.model_name) == ("wikitext-2", "/data/wikitext", "minilm")
     with pytest.raises(UserError, match="unknown course model"):
         course.run_dir("gpu")
 
