@@ -651,14 +651,15 @@ def sample(
     plan = _block_plan(generated, num_steps, block_length)
     for block, target, busiest in _step_targets(generated, schedule, plan):
         active = generated & block  # (B, L) generated positions of the current block
-        if strategy in ADAPTIVE and not (active & (xt == mask_id)).any():
+        masked = active & (xt == mask_id)  # (B, L)
+        if strategy in ADAPTIVE and not masked.any():
             continue  # the block is finished early: no forward pass for its remaining steps
         if strategy == "resample":
             revealed = _resample_step(sampler, probs, active, target, mask_id)
         else:
             if strategy in REMASKING:
                 _hide(sampler, probs, strategy, active, target, busiest, mask_id)
-            masked = active & (xt == mask_id)  # (B, L)
+                masked = active & (xt == mask_id)  # (B, L) with the hidden tokens
             # reveal as many as take the masked count down to the schedule's target
             count = masked.sum(1) - target  # (B,)
             revealed, rows, cols, tokens, p_token = _REVEAL[strategy](sampler, masked, count)
