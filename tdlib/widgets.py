@@ -8,7 +8,9 @@ schedule, the sampler's filter and the forward process.
 
 A saved notebook keeps no widget state, so every widget also prints a static
 snapshot of what it shows (`snapshot()`), under a caption: a reader who opens
-the notebook without a kernel sees the picture, not a blank cell. Each shell only wires controls to a pure renderer: every piece
+the notebook without a kernel sees the picture, not a blank cell.
+
+Each shell only wires controls to a pure renderer: every piece
 of HTML comes from `tdlib.render`, every figure from `tdlib.plots`, so what a
 widget shows is tested without a browser and is what the command line shows.
 
@@ -112,6 +114,7 @@ class CompareScrubber:
         self.play = widgets.Play(value=0, min=0, max=self.num_steps, step=1, interval=interval_ms, description="play")
         self.slider = widgets.IntSlider(value=step, min=0, max=self.num_steps, description="step")
         widgets.jslink((self.play, "value"), (self.slider, "value"))
+        self._frames: dict[int, dict[str, str]] = {}
         self.panes = {label: widgets.HTML() for label in self.trajectories}
         self.slider.observe(self._update, names="value")
         self._update()
@@ -129,9 +132,12 @@ class CompareScrubber:
         self.slider.value = step
 
     def frames(self, step: int) -> dict[str, str]:
-        """Each trajectory's HTML at `step` (its last frame if it has fewer steps)."""
-        return {label: render.render_step_html(t, min(step, len(t.tokens) - 1), self.tokenizers[label], self.sample)
+        """Each trajectory's HTML at `step` (its last frame if it has fewer steps), rendered once, then cached."""
+        if step not in self._frames:
+            self._frames[step] = {
+                label: render.render_step_html(t, min(step, len(t.tokens) - 1), self.tokenizers[label], self.sample)
                 for label, t in self.trajectories.items()}
+        return self._frames[step]
 
     def _update(self, change: dict | None = None) -> None:
         for label, html in self.frames(self.slider.value).items():
