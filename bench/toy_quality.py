@@ -34,6 +34,7 @@ from pathlib import Path
 
 from _common import print_figures, setup_threads
 
+from tdlib.checkpoint import training_config
 from tdlib.data import get_split, load_corpus, make_examples
 from tdlib.evaluate import bound_against_truth
 from tdlib.metrics import sample_metrics
@@ -77,7 +78,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     run, train_s = trained_run(args, out)
     model, tokenizer = load_checkpoint(run / "final-model")
-    config = json.loads((run / "final-model" / "training_config.json").read_text())
+    config = training_config(run / "final-model")
     length, language = config["max_length"], ToyLanguage()
     lines = get_split(load_corpus("toy", num_lines=1, num_words=length - 2), "valid")  # splits have their own seeds
     examples = make_examples(lines, tokenizer, length, "lines")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from _common import print_figures, setup_threads
 
+from tdlib.checkpoint import training_config
 from tdlib.errors import check
 from tdlib.metrics import unigram_entropy
 from tdlib.model import load_checkpoint
@@ -197,7 +198,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     folder = model_dir(args.run_dir)
     model, tokenizer = load_checkpoint(folder)
-    config = json.loads((folder / "training_config.json").read_text())
+    config = training_config(folder)
     length, language = config["max_length"] - 2, ToyLanguage()
     budgets = [max(length // d, 1) for d in (1, 2, 4, 8, 16)] + [2 * length]  # as LABELS
     check(len(set(budgets)) == len(budgets), f"L = {length} words is too short for budgets down to L/16")

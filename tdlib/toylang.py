@@ -115,7 +115,6 @@ GRAMMAR: dict[str, tuple[str, dict[str, float]]] = {
 }  # fmt: skip
 
 
-
 def _split_words(words: str | Sequence[str]) -> list[str]:
     """Words of a text (whitespace-separated) or the list itself."""
     return words.split() if isinstance(words, str) else list(words)
@@ -390,7 +389,6 @@ class ToyLanguage:
             # -sum log p(text) / sum words, over the possible texts
             "true_nll_per_token": float(-logp[possible].sum() / counted) if counted else math.nan,
         }
-
 
 
 class GuardedDenoiser:
