@@ -248,12 +248,13 @@ def parallel_price(
 
 
 def _mutual_information(joint: torch.Tensor) -> torch.Tensor:
-    """I(a; b) in bits of joint tables (P, V, V) (normalised here); 0 for an all-zero table."""
-    joint = joint / joint.sum((-1, -2), keepdim=True).clamp_min(1e-300)
-    pa, pb = joint.sum(-1, keepdim=True), joint.sum(-2, keepdim=True)  # (P, V, 1), (P, 1, V)
-    ratio = joint / (pa * pb).clamp_min(1e-300)
-    # I = sum_ab p(a, b) log2 p(a, b) / (p(a) p(b))
-    return torch.where(joint > 0, joint * ratio.clamp_min(1e-300).log2(), torch.zeros_like(joint)).sum((-1, -2))
+    """I(a; b) in bits of normalised joint tables (P, V, V), shape (P,)."""
+    plogp = torch.special.xlogy  # p log p, 0 at p = 0
+    # I = H(a) + H(b) - H(a, b) = sum p(a,b) log p(a,b) - sum p(a) log p(a) - sum p(b) log p(b)
+    nats = plogp(joint, joint).sum((-1, -2))
+    for pa in (joint.sum(-1), joint.sum(-2)):
+        nats = nats - plogp(pa, pa).sum(-1)
+    return (nats / LOG2).clamp_min(0.0)  # rounding can leave -1e-16 where the truth is 0
 
 
 def _pairs(canvas, i, j) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Size]:
