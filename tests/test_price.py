@@ -283,3 +283,20 @@ def test_first_clash_on_a_plain_hmm_with_another_mask_id():
     before = torch.full((4,), hidden)
     tokens = torch.stack([before, torch.where(torch.arange(4) < 2, x, hidden), x])[:, None]  # (3, 1, 4)
     assert first_clash(tokens, hmm, mask_id=hidden).tolist() == [0]
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+
+def test_price_figures_draw():
+    import io
+
+    from tdlib.price_plots import information_by_distance_figure, price_by_plan_figure
+
+    fig = information_by_distance_figure(torch.tensor([2.0, 1.0, 0.3, 0.0]), label="toy")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and len(ax.lines[0].get_xdata()) == 3  # the zero cannot sit on a log axis
+    fig = price_by_plan_figure({"random": [(12, 0.12, 0.01), (6, 0.28, 0.01)], "dilated": [(6, 0.01, 0.002)]},
+                               entropy_rate=2.5)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["entropy rate", "random", "dilated"]
+    fig.savefig(io.BytesIO(), format="png")
