@@ -264,6 +264,14 @@ class ToyLanguage:
         tokens, _, _ = self._content(input_ids.cpu())
         return self.hmm.log_prob(tokens)
 
+    def possible(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Whether the visible content words of canvases (B, L) can stand together (p > 0), exactly, shape (B,).
+
+        [MASK] positions may hold any word; [CLS] [SEP] [PAD] are the frame, not content.
+        """
+        tokens, _, _ = self._content(input_ids.cpu())
+        return self.hmm.possible(tokens).to(input_ids.device)
+
     def nll(self, input_ids: torch.Tensor, num_characters: int) -> dict:
         """Exact negative log-likelihood of tokenized examples: bits per character and nats per token."""
         nats = float(-self.log_prob(input_ids).sum())
