@@ -246,18 +246,24 @@ class ToyLanguage:
         Content positions holding [MASK] get the exact conditional; every other
         position (visible words, [CLS], [SEP], [PAD]) a row that is 0 at its own
         token and -inf elsewhere. ``attention_mask`` is not needed ([PAD] marks padding).
+
+        An *impossible* canvas (its visible words have probability 0, as when one
+        pass reveals two words that cannot stand together) has no exact answer:
+        p(x_i | visible) is 0/0. Its masked positions then get logits 0 for every
+        word and -inf for the special tokens (uniform over the words), so a sampler can finish the canvas; what it writes there is
+        noise, not the language. Grade exact runs by `tdlib.price.first_clash` and
+        `tdlib.price.possible_share`, never by text written after the clash.
         """
         device, xt = xt.device, xt.cpu()
         tokens, run, cols = self._content(xt)
-        logp = self.hmm.marginals(tokens).log()  # (B, L, V) content columns
+        logp = self.hmm.marginals(tokens).log()  # (B, L, V) content columns; NaN on an impossible canvas
+        no_answer = ~(logp.exp().sum(-1) > 0)  # (B, L) masked positions of impossible canvases (rows of 0 or NaN)
+        words = self.hmm.emission.sum(0) > 0  # (V,) tokens some state emits
+        logp[no_answer] = torch.zeros_like(logp[0, 0]).masked_fill(~words, float("-inf"))  # uniform over words
         logits = torch.nn.functional.one_hot(xt, len(self.vocab)).double().log()  # (B, L, V)
         rows, j = run.nonzero(as_tuple=True)
         logits[rows, cols[rows, j]] = logp[rows, j]
         return logits.to(device)
-
-    def guarded(self) -> GuardedDenoiser:
-        """The exact denoiser with a fallback for impossible canvases (`GuardedDenoiser`), for samplers."""
-        return GuardedDenoiser(self)
 
     def log_prob(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Exact log p(content) in nats of canvases (B, L), float64, shape (B,); [MASK] positions are summed out."""
@@ -397,27 +403,3 @@ class ToyLanguage:
             # -sum log p(text) / sum words, over the possible texts
             "true_nll_per_token": float(-logp[possible].sum() / counted) if counted else math.nan,
         }
-
-
-class GuardedDenoiser:
-    """A language's exact denoiser, with a fallback once a canvas is impossible.
-
-    Revealing several words in one pass draws each from its own conditional, and
-    together they can be words the language never writes side by side (". .").
-    Then p(x_i | visible) is undefined and the exact logits are -inf everywhere
-    at the masked positions, which no sampler can draw from. There this denoiser
-    answers with p(x_i | no words visible), the conditionals of the empty canvas,
-    so the sample goes on like text (and is graded ungrammatical all the same).
-    """
-
-    def __init__(self, language: ToyLanguage):
-        self.language = language
-
-    def __call__(self, xt: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact logits (B, L, V); rows with no finite logit replaced by the empty canvas's."""
-        logits = self.language(xt)  # (B, L, V)
-        lost = ~logits.isfinite().any(-1)  # (B, L) masked positions of impossible canvases
-        if lost.any():
-            empty = torch.where(self.language.content_mask(xt), self.language.mask_id, xt)  # (B, L)
-            logits[lost] = self.language(empty)[lost]
-        return logits

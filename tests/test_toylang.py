@@ -321,7 +321,8 @@ def test_entropy_rate_and_unigram_entropy(lang):
     assert est["bits_per_char"] == pytest.approx(est["bits_per_token"] / chars, rel=0.02)
 
 
-def test_the_guarded_denoiser_answers_an_impossible_canvas_with_the_empty_canvas():
+def test_an_impossible_canvas_has_no_answer_and_gets_uniform_words():
+    from tdlib.price import first_clash
     from tdlib.toylang import ToyLanguage
 
     language = ToyLanguage()
@@ -330,13 +331,19 @@ def test_the_guarded_denoiser_answers_an_impossible_canvas_with_the_empty_canvas
     ids = tokenizer(". .", add_special_tokens=False)["input_ids"]
     start, end = tokenizer.cls_token_id, tokenizer.sep_token_id
     impossible = torch.tensor([[start, *ids, mask, mask, end]])  # ". ." cannot be written: no sentence is empty
-    exact = language(impossible)
-    assert not exact[0, 3].isfinite().any()  # the exact conditionals are undefined
-    guarded = language.guarded()(impossible)
-    empty = language(torch.tensor([[start, mask, mask, mask, mask, end]]))
-    assert torch.equal(guarded[0, 3:5], empty[0, 3:5])
+    assert not bool(language.possible(impossible)[0])
+    logits = language(impossible)[0, 3]  # a masked position of the impossible canvas
+    words = language.hmm.emission.sum(0) > 0
+    assert torch.equal(logits[words], torch.zeros(int(words.sum()), dtype=logits.dtype))  # every word alike
+    assert torch.isinf(logits[~words]).all() and (logits[~words] < 0).all()  # special tokens never
     possible = torch.tensor([[start, mask, mask, mask, mask, end]])
-    assert torch.equal(language.guarded()(possible), language(possible))  # a possible canvas is left as it is
+    row = language(possible)[0, 1]
+    assert torch.allclose(row.exp().sum(), torch.tensor(1.0, dtype=row.dtype)) and row.max() < 0  # a real answer
+    # the pass that made the canvas impossible is on record
+    the = tokenizer("the", add_special_tokens=False)["input_ids"][0]
+    trajectory = torch.stack([possible, torch.tensor([[start, the, mask, mask, mask, end]]),
+                              torch.tensor([[start, the, ids[0], mask, mask, end]])])  # "the ." cannot be written
+    assert first_clash(trajectory, language).tolist() == [2]
 
 
 def test_a_toy_cell_scores_one_generate_call_exactly():
@@ -344,7 +351,7 @@ def test_a_toy_cell_scores_one_generate_call_exactly():
     from tdlib.toylang import ToyLanguage
 
     language = ToyLanguage()
-    row = toy_cell(language.guarded(), language.tokenizer(), language, length=8, num_steps=8, strategy="random",
+    row = toy_cell(language, language.tokenizer(), language, length=8, num_steps=8, strategy="random",
                    num_samples=6, seed=0, label="one word per pass")
     assert row["setting"] == "one word per pass" and row["passes"] == 8
     assert row["grammatical_share"] == 1.0  # the exact denoiser, one word per pass: the language itself
