@@ -7,10 +7,13 @@ import math
 import pytest
 import torch
 
+from tdlib.canvas import generate
 from tdlib.errors import UserError
 from tdlib.oracle import MarkovChain
-from tdlib.sample import ADAPTIVE, REMASKING, STRATEGIES, continuation_ids, generate, sample
+from tdlib.pieces import continuation_ids
+from tdlib.sample import sample
 from tdlib.schedules import SCHEDULES, masked_counts
+from tdlib.strategies import ADAPTIVE, REMASKING, STRATEGIES
 
 SENTENCES = [
     "the cat sat on the mat and the dog sat on the log",
