@@ -85,7 +85,9 @@ def _denoiser_and_device(model, device):
     return model, torch.device(device or "cpu")
 
 
-def _texts(tokenizer, final: torch.Tensor, prefix: str, prefix_tokens: int, infill: bool) -> list[str]:
+def _texts(
+    tokenizer, final: torch.Tensor, prefix: str, prefix_tokens: int, infill: bool
+) -> list[str]:
     """The texts of the finished canvases (B, L): the prefix, one space, the generated words."""
     if infill:
         return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in final]

@@ -38,7 +38,9 @@ def entropy(logp: torch.Tensor) -> torch.Tensor:
     return -torch.linalg.vecdot(logp.exp(), logp.clamp(min=torch.finfo(logp.dtype).min))
 
 
-def uniforms(n: int, sampling: str, generator: torch.Generator | None, device) -> torch.Tensor | None:
+def uniforms(
+    n: int, sampling: str, generator: torch.Generator | None, device
+) -> torch.Tensor | None:
     """The uniforms (n, 1) for drawing n rows, float64; greedy draws none."""
     if sampling == "greedy":
         return None
@@ -46,12 +48,12 @@ def uniforms(n: int, sampling: str, generator: torch.Generator | None, device) -
 
 
 def categorical(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """One index per row of non-negative ``weights`` (N, K), drawn exactly by inverse CDF in float64.
+    """One index per row of ``weights`` (N, K) >= 0, drawn exactly by inverse CDF in float64.
 
     ``u`` (N, 1) holds one uniform in [0, 1) per row (`uniforms`).
     """
     cdf = weights.double().cumsum(-1)  # (N, K)
-    # the first index whose cumulative weight exceeds u * total; zero-weight entries are never chosen
+    # the first index whose cumulative weight exceeds u * total; zero weights are never chosen
     index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
     return index.clamp_(max=cdf.shape[1] - 1)
 
@@ -83,7 +85,7 @@ def filter_log_probs(
 def draw(
     logp: torch.Tensor, u: torch.Tensor | None, *, sampling: str, top_k: int, top_p: float
 ) -> torch.Tensor:
-    """One token (N,) per row of ``logp`` (N, V), each a function of its row and its uniform ``u``."""
+    """One token (N,) per row of ``logp`` (N, V), a function of the row and its uniform ``u``."""
     weights, ids = filter_log_probs(logp, sampling=sampling, top_k=top_k, top_p=top_p)  # (N, K)
     if u is None:  # greedy: the most likely token
         return ids[:, 0]
@@ -91,7 +93,7 @@ def draw(
 
 
 def _nucleus(logp: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The most likely tokens of each row, in order, enough to hold the nucleus: (probs, ids) (N, K)."""
+    """The most likely tokens of each row, in order, enough for the nucleus: (probs, ids) (N, K)."""
     k = min(64, logp.shape[-1])
     while True:  # widen the candidates until every row's top-k mass reaches p (rarely twice)
         top_logp, ids = _topk(logp, k)  # (N, k), sorted

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,7 +35,6 @@ from tdlib import draws
 
 if TYPE_CHECKING:
     from tdlib.model import Denoiser
-    from tdlib.sample import SamplerConfig
 
 # strategies that may finish in fewer forward passes than ``num_steps``: the model decides
 ADAPTIVE = ("threshold", "entropy-bound")
@@ -52,7 +51,7 @@ class Run:
     """One sampling run's state: the canvas, log-probs from the denoiser, draws from them."""
 
     denoiser: Denoiser
-    config: SamplerConfig
+    config: Any  # the run's `tdlib.sample.SamplerConfig` (which imports this module)
     xt: torch.Tensor  # (B, L) the canvas, changed in place
     probs: torch.Tensor  # (B, L) probability of each shown token, nan where masked or given
     mask_id: int
@@ -65,10 +64,11 @@ class Run:
 
     def noise(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniforms (B, L) for choosing positions at random."""
-        return torch.rand(self.xt.shape, dtype=dtype, generator=self.generator, device=self.xt.device)
+        xt = self.xt
+        return torch.rand(xt.shape, dtype=dtype, generator=self.generator, device=xt.device)
 
     def log_probs(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One denoiser call: (rows, cols) of ``positions`` (B, L) and their log-probs (M, V) at T."""
+        """One denoiser call: (rows, cols) of ``positions`` (B, L), their log-probs (M, V) at T."""
         self.forward_passes += 1
         rows, cols = positions.nonzero(as_tuple=True)
         if getattr(self.denoiser, "accepts_positions", False):  # logits at those positions only
@@ -77,15 +77,17 @@ class Run:
             logits = self.denoiser(self.xt, self.attention_mask)  # (B, L, V)
             wide = torch.float64 if logits.dtype == torch.float64 else torch.float32
             logits = logits[rows, cols].to(wide)  # (M, V)
-        return rows, cols, draws.log_probs(self._ban_in_place(cols, logits), self.config.temperature)
+        logits = self._ban_in_place(cols, logits)
+        return rows, cols, draws.log_probs(logits, self.config.temperature)
 
     def banned_table(self, vocab: int) -> torch.Tensor:
-        """Bool (L, V): the ids never drawn at each column, ``forbidden_ids`` and ``forbidden_at``."""
+        """Bool (L, V): the ids never drawn at each column (``forbidden_ids``, ``forbidden_at``)."""
         if "at" not in self.banned:  # built once the vocabulary size is known
             device = self.xt.device
             ids = sorted(set(self.forbidden_ids))
             self.banned["all"] = torch.tensor(ids, dtype=torch.long, device=device)
-            self.banned["at"] = torch.zeros(self.xt.shape[1], vocab, dtype=torch.bool, device=device)
+            length = self.xt.shape[1]
+            self.banned["at"] = torch.zeros(length, vocab, dtype=torch.bool, device=device)
             for col, extra in (self.forbidden_at or {}).items():
                 self.banned["at"][col, list(extra)] = True  # (L, V)
             self.banned["cols"] = self.banned["at"].any(-1)  # (L,) columns with extra bans
@@ -151,7 +153,7 @@ def _on_canvas(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, sha
 
 
 def _at(revealed: torch.Tensor, rows, cols, tokens, p_token) -> Reveal:
-    """The `Reveal` of the ``revealed`` (B, L) positions, from tokens and probabilities at (rows, cols)."""
+    """The `Reveal` of the ``revealed`` (B, L) positions, from the draws at (rows, cols)."""
     where = revealed[rows, cols].nonzero()[:, 0]
     return revealed, rows[where], cols[where], tokens[where], p_token[where]
 
@@ -262,7 +264,9 @@ def reveal_entropy_bounded(run: Run, masked: torch.Tensor, count: torch.Tensor) 
     return revealed, rows[where], cols[where], tokens, logp[where, tokens].exp()
 
 
-def hide(run: Run, active: torch.Tensor, target: torch.Tensor, busiest: torch.Tensor) -> torch.Tensor:
+def hide(
+    run: Run, active: torch.Tensor, target: torch.Tensor, busiest: torch.Tensor
+) -> torch.Tensor:
     """ReMDM remasking before the step's denoiser call: hide revealed tokens of the block.
 
     Each revealed token is hidden with probability eta (r = floor(eta * revealed + u),

@@ -1,4 +1,4 @@
-"""The explorers' tables as HTML: a schedule step by step, and the sampler's filter on one distribution.
+"""The explorers' tables as HTML: a schedule step by step, the sampler's filter on a distribution.
 
 `schedule_table_html` lists, for a schedule, the tokens still masked and revealed
 at each step (`tdlib.schedules.masked_counts`). `kept_distribution` and
@@ -131,8 +131,8 @@ def sampling_table_html(
             f"<td style='{cell}'>{float(kept_p[i]):.3f}</td><td>{bar}</td></tr>"
         )
     summary = (
-        f"<div class='td-summary' style='{FONT}font-size:12px;color:#555'>kept {int(kept.sum())} of "
-        f"{kept.numel()} tokens ({_settings(config)})</div>"
+        f"<div class='td-summary' style='{FONT}font-size:12px;color:#555'>"
+        f"kept {int(kept.sum())} of {kept.numel()} tokens ({_settings(config)})</div>"
     )
     return (
         f"<table class='td-sampling' style='{FONT}font-size:12px;'>{''.join(rows)}</table>{summary}"
