@@ -13,7 +13,7 @@ peak is their peak plus the interpreter, libraries and model.
 - ``train_full_head``: the same step computing the LM head at all 16 x 128
   positions and the loss from ``model(..., labels=...)`` (the original experiment's way),
   for comparison;
-- ``sample``: `tdlib.sample.generate` with 16 samples of 128 tokens
+- ``sample``: `tdlib.canvas.generate` with 16 samples of 128 tokens
   (``--steps`` denoising steps, confidence strategy, top-k), untrained weights
   (same cost as trained ones).
 
@@ -51,7 +51,7 @@ def _child(part: str, args) -> dict[str, float]:
     model, tokenizer = load_model(config.model_name, corpus_lines=lines, device="cpu")
     rows = list(range(config.batch_size))
     if part == "sample":
-        from tdlib.sample import generate
+        from tdlib.canvas import generate
 
         def work():
             generate(model, tokenizer, num_samples=config.batch_size, max_length=config.max_length,

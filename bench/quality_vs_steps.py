@@ -2,7 +2,7 @@
 
 For each unmasking strategy (random, confidence, margin, entropy, resample),
 each schedule (linear, cosine, exponential) and each step count, one
-`tdlib.sample.generate` call writes ``--num-samples`` texts with the same seed
+`tdlib.canvas.generate` call writes ``--num-samples`` texts with the same seed
 (`tdlib.sweep.quality_vs_steps`); each cell is scored by the model-free sample
 metrics (distinct-n, unigram entropy, repetition, self-BLEU) and, with
 ``--reference``, by generative perplexity under a causal LM (for example the
@@ -86,10 +86,11 @@ def human_texts(tokenizer, dataset: str, data_dir: str | None, count: int, max_l
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep on a checkpoint and write its JSON, Markdown table and figure."""
     from tdlib.checkpoint import resolve_checkpoint, training_config
+    from tdlib.draws import SAMPLINGS
     from tdlib.metrics import generative_perplexity, sample_metrics
     from tdlib.model import load_causal, load_checkpoint
     from tdlib.plots import quality_vs_steps_figure, save_figure
-    from tdlib.sample import SAMPLINGS, STRATEGIES
+    from tdlib.strategies import STRATEGIES
     from tdlib.sweep import quality_vs_steps, steps_table
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,12 +9,12 @@ positions whose largest probability could still make the cut, and a trained
 model's peaked distributions rule out more of them than an untrained model's
 flat ones:
 
-(a) ``sampler_overhead_pct``: the share of a `tdlib.sample.generate` call spent
+(a) ``sampler_overhead_pct``: the share of a `tdlib.canvas.generate` call spent
     outside the model, 100 * t_sampler / t_generate, where t_sampler is the same
     call (same seed) with the model's recorded answers played back instead of
     the model (`Tape`): everything but the forward passes, measured directly
     rather than as a difference of two noisy times; target < 10 %; for every
-    strategy of `tdlib.sample.STRATEGIES`;
+    strategy of `tdlib.strategies.STRATEGIES`;
 (b) ``speedup_vs_loop_sampler``: a seed-style sampler with a Python loop over
     positions inside each step divided by ours (same model, shapes, top-k 50 and
     strategy ``resample``: the same output distribution; ours also skips the draws,
@@ -37,9 +37,10 @@ import time
 
 import torch
 
+from tdlib.canvas import generate
 from tdlib.data import load_corpus
 from tdlib.model import as_denoiser, load_checkpoint, load_model
-from tdlib.sample import STRATEGIES, generate
+from tdlib.strategies import STRATEGIES
 
 
 def best_time(fn, repeats: int) -> tuple[float, float]:

@@ -39,7 +39,7 @@ from tdlib.data import get_split, load_corpus, make_examples
 from tdlib.evaluate import bound_against_truth
 from tdlib.metrics import sample_metrics
 from tdlib.model import as_denoiser, load_checkpoint
-from tdlib.sample import STRATEGIES
+from tdlib.strategies import STRATEGIES
 from tdlib.sweep import quality_vs_steps, steps_table
 from tdlib.toylang import ToyLanguage
 from tdlib.train import preset, train

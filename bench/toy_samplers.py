@@ -1,7 +1,7 @@
 """Every sampler at matched forward passes on the toy language, judged by its exact answers.
 
 For the language's exact denoiser and for a trained ``toy`` model (``--run-dir``),
-every strategy of `tdlib.sample` writes ``--num-samples`` canvases of L generated
+every strategy of `tdlib.strategies` writes ``--num-samples`` canvases of L generated
 words (L = the model's ``max_length`` - 2) with pass budgets P = L, L/2, L/4,
 L/8, L/16 (and 2L, where remasking can take tokens back), nucleus p = 1 at
 temperature 1, the same seed in every cell. Each cell is scored exactly
@@ -42,7 +42,7 @@ from tdlib.checkpoint import training_config
 from tdlib.errors import check
 from tdlib.metrics import unigram_entropy
 from tdlib.model import load_checkpoint
-from tdlib.sample import ADAPTIVE, REMASKING, STRATEGIES
+from tdlib.strategies import ADAPTIVE, REMASKING, STRATEGIES
 from tdlib.sweep import toy_cell
 from tdlib.toylang import ToyLanguage
 

@@ -36,9 +36,16 @@ Core, training (a run flows corpus -> examples -> collator -> loop -> checkpoint
 
 Core, generation:
 
-- `tdlib.schedules`   unmasking schedules: how many tokens stay masked after each step
-- `tdlib.sample`      the sampler (strategies, greedy/top-k/nucleus draws through the
-                      one filter, `filter_log_probs`) and the trajectories it records
+- `tdlib.schedules`   unmasking schedules: how many tokens stay masked after each step,
+                      and the blocks of semi-autoregressive generation
+- `tdlib.sample`      the sampler: `SamplerConfig` (every option, its default and check),
+                      the step loop, and the `Trajectory` it records
+- `tdlib.strategies`  which positions a step reveals (the `REVEAL` registry), remasking;
+                      each rule in plain form, fast paths below it
+- `tdlib.draws`       from log-probabilities to tokens: temperature, the one
+                      greedy/top-k/nucleus filter (`filter_log_probs`), exact draws, entropy
+- `tdlib.canvas`      prompt to canvas and back to text: `build_canvas`, `generate`
+- `tdlib.pieces`      tokenizer pieces: the "##", "Ġ", "▁", "Ċ" rules, for sampling and display
 
 Core, evaluation and ground truth:
 
@@ -57,10 +64,12 @@ Core, evaluation and ground truth:
 
 Drawing:
 
-- `tdlib.render`      pure rendering with no Jupyter import: tokens, trajectories,
-                      schedules and the sampler's filter as text, HTML or GIF
+- `tdlib.render`      pure rendering with no Jupyter import: tokens and trajectories as
+                      text, HTML, an HTML player or a GIF
+- `tdlib.tables`      the explorers' tables as HTML: a schedule step by step, and the
+                      sampler's own filter on one distribution
 - `tdlib.plots`       matplotlib figures of metrics records, schedules and sweeps
-- `tdlib.widgets`     thin ipywidgets shells over `render` and `plots`: the denoising
+- `tdlib.widgets`     thin ipywidgets shells over `render`, `tables` and `plots`: the denoising
                       scrubber, the live loss view, the schedule, sampling and masking explorers
 
 Wiring:

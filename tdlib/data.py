@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from tdlib.errors import UserError, check
+from tdlib.pieces import bare
 
 SPLITS = ("train", "valid", "test")  # the splits of every corpus
 WIKITEXT = {
@@ -239,7 +240,7 @@ def word_token_share(lines: list[str], tokenizer) -> float:
     ids = [i for line in lines if line.strip() for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
     check(bool(ids), "no text to count tokens in")
     pieces = tokenizer.convert_ids_to_tokens(ids)
-    words = sum(piece.lstrip("#Ġ▁").isalpha() for piece in pieces)
+    words = sum(bare(piece).isalpha() for piece in pieces)
     return words / len(pieces)
 
 

@@ -1,28 +1,24 @@
-"""Pure rendering of what the core returns: tokens, trajectories, schedules and draws as text or HTML.
+"""Pure rendering of trajectories and tokens: as terminal text, HTML and animations.
 
 Every function here turns recorded data into a string (or GIF bytes), so the
 command line (`tdlib generate --show-steps`, ``--animation``), exported pages
 and the notebook widgets (`tdlib.widgets`) show the same thing, and each can be
 tested without a browser:
 
-- detokenisation for display (`display_pieces`, `display_words`, `token_pieces`);
 - a canvas as terminal text (`canvas_text`, `step_texts`);
 - a trajectory step as HTML (`render_step_html`, `render_final_html`,
   `render_tokens_html`, `masking_html`) and as a self-contained animation
-  (`animation_html`, `animation_gif`);
-- the schedule and sampling tables of the explorers (`schedule_table_html`,
-  `kept_distribution`, `sampling_table_html`).
+  (`animation_html`, `animation_gif`).
 
-A still-masked position is always drawn as `MASK_GLYPH` (U+25AF), a character
-the course's texts never hold (the Python manual has none, and MiniLM's
-vocabulary cannot write it), unlike "_". A trajectory is anything with the fields of
-`tdlib.sample.Trajectory`: tokens (S+1, B, L), revealed (S+1, B, L), probs
-(S+1, B, L), mask_id, given (B, L).
+Tokens are shown by the tokenizer rules of `tdlib.pieces`. A still-masked position
+is always drawn as `MASK_GLYPH` (U+25AF), a character the course's texts never hold
+(the Python manual has none, and MiniLM's vocabulary cannot write it), unlike "_".
+A trajectory is anything with the fields of `tdlib.sample.Trajectory`: tokens
+(S+1, B, L), revealed (S+1, B, L), probs (S+1, B, L), mask_id, given (B, L).
 
 This module imports nothing from Jupyter (no ipywidgets, no IPython), never runs
-a model and never samples: the one piece of sampling math it shows, the kept
-distribution, is the sampler's own filter (`tdlib.sample.filter_log_probs`).
-Matplotlib figures live in `tdlib.plots`.
+a model and never samples. The explorers' schedule and sampling tables are
+`tdlib.tables`; matplotlib figures live in `tdlib.plots`.
 """
 
 from __future__ import annotations
@@ -32,32 +28,21 @@ import io
 import json
 import math
 import textwrap
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tdlib.errors import check
-from tdlib.sample import SAMPLINGS, filter_log_probs
-from tdlib.schedules import masked_counts
+from tdlib.pieces import Piece, token_pieces
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from tdlib.sample import Trajectory
 
-MASK_GLYPH = "\u25af"  # ▯ a still-masked position, in the terminal, animations and widgets alike
-HIDDEN_TOKENS = frozenset({"[CLS]", "[SEP]", "[PAD]", "<s>", "</s>", "<pad>"})
-# WordPiece splits punctuation off; glue it back on: closers to the word before, openers to the
-# word after, an apostrophe to both ("isn ' t" -> "isn't")
-CLOSERS = frozenset(".,!?;:)]}%>")
-OPENERS = frozenset("([{<$")
-APOSTROPHES = frozenset({"'", "\u2019"})
-MASK_TOKENS = frozenset({"[MASK]", "<mask>"})
-
+MASK_GLYPH = "\u25af"  # ▯ a still-masked position, in the terminal, animations and widgets
 FONT = "font-family:system-ui,sans-serif;"
 FRAME_STYLE = f"{FONT}font-size:14px;line-height:2.0;"
 STYLES = {
@@ -70,111 +55,6 @@ STYLES = {
     "td-given": "font-weight:bold;text-decoration:underline;color:#123;",
     "td-final": "border-radius:3px;padding:1px 1px;",
 }
-
-
-# ---------------------------------------------------------------- token pieces
-
-
-@dataclass(frozen=True)
-class Piece:
-    """One token as displayed: its text, whether it glues onto the previous token, hidden or not."""
-
-    text: str
-    joins: bool
-    hidden: bool
-
-
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: printable stand-in character -> byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, codes, strict=True)}
-
-
-def _bpe_text(piece: str) -> str:
-    decoder = _byte_decoder()
-    if not all(ch in decoder for ch in piece):
-        return piece
-    return bytes(decoder[ch] for ch in piece).decode("utf-8", errors="replace")
-
-
-def _guess_style(pieces: Sequence[str]) -> str:
-    return "bpe" if any(p.startswith(("Ġ", "Ċ")) for p in pieces) else "wordpiece"
-
-
-def display_pieces(
-    pieces: Sequence[str], special_tokens: Collection[str] = HIDDEN_TOKENS, style: str = "auto"
-) -> list[Piece]:
-    """Turn tokenizer pieces into display pieces: WordPiece ("##") or byte-level BPE ("Ġ")."""
-    check(style in ("auto", "wordpiece", "bpe"), f"unknown token style {style!r}")
-    if style == "auto":
-        style = _guess_style(pieces)
-    shown = []
-    glue_next = False
-    for piece in pieces:
-        if piece in special_tokens:
-            shown.append(Piece(piece, joins=False, hidden=True))
-        elif piece in MASK_TOKENS:
-            shown.append(Piece(piece, joins=False, hidden=False))
-        elif style == "bpe":
-            text = _bpe_text(piece).replace("\n", "\u21b5")  # ↵ for a newline
-            shown.append(Piece(text.lstrip(" "), joins=not text.startswith(" "), hidden=False))
-        elif piece.startswith("##"):
-            shown.append(Piece(piece[2:], joins=True, hidden=False))
-        else:
-            joins = glue_next or piece in CLOSERS or piece in APOSTROPHES
-            shown.append(Piece(piece, joins=joins, hidden=False))
-        glue_next = style == "wordpiece" and (piece in OPENERS or piece in APOSTROPHES)
-    return shown
-
-
-def display_words(
-    pieces: Sequence[str], special_tokens: Collection[str] = HIDDEN_TOKENS, style: str = "auto"
-) -> list[str]:
-    """Join tokenizer pieces into the words a reader sees, dropping special tokens."""
-    words: list[str] = []
-    for piece in display_pieces(pieces, special_tokens, style):
-        if piece.hidden:
-            continue
-        if piece.joins and words:
-            words[-1] += piece.text
-        else:
-            words.append(piece.text)
-    return words
-
-
-def tokenizer_style(tokenizer: PreTrainedTokenizerBase) -> str:
-    """'bpe' for a byte-level BPE tokenizer, 'wordpiece' for WordPiece, else 'auto'."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    decoder = repr(getattr(backend, "decoder", None))
-    if "ByteLevel" in decoder:
-        return "bpe"
-    if "WordPiece" in decoder:
-        return "wordpiece"
-    return "auto"
-
-
-def _special_pieces(tokenizer) -> frozenset[str]:
-    ids = [
-        i
-        for i in getattr(tokenizer, "all_special_ids", ())
-        if i != getattr(tokenizer, "mask_token_id", None)
-    ]
-    return frozenset(tokenizer.convert_ids_to_tokens(ids)) if ids else HIDDEN_TOKENS
-
-
-def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[Piece]:
-    """Display pieces for a row of token ids, special tokens (but not the mask) hidden."""
-    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
-    return display_pieces(pieces, _special_pieces(tokenizer), tokenizer_style(tokenizer))
 
 
 # ---------------------------------------------------------------- terminal text
@@ -549,140 +429,3 @@ def animation_gif(trajectory: Trajectory, tokenizer: PreTrainedTokenizerBase, wi
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
     return buffer.getvalue()
-
-
-# ---------------------------------------------------------------- schedules
-
-
-def schedule_table_html(schedule: str, num_steps: int, num_masked: int) -> str:
-    """HTML table: tokens still masked and revealed at each step of a schedule."""
-    counts = masked_counts(schedule, num_masked, num_steps)  # length num_steps + 1
-    cell = "padding:0 8px;text-align:right;"
-    rows = [
-        f"<tr><th style='{cell}'>step s</th><th style='{cell}'>still masked</th>"
-        f"<th style='{cell}'>revealed at s</th><th style='{cell}'>fraction masked</th></tr>"
-    ]
-    for s, count in enumerate(counts):
-        revealed = "&ndash;" if s == 0 else str(counts[s - 1] - count)
-        fraction = count / num_masked if num_masked else 0.0
-        rows.append(
-            f"<tr class='td-step'><td style='{cell}'>{s}</td><td style='{cell}'>{count}</td>"
-            f"<td style='{cell}'>{revealed}</td><td style='{cell}'>{fraction:.2f}</td></tr>"
-        )
-    caption = (
-        f"<caption>{html.escape(schedule)}: {num_masked} masked tokens, {num_steps} steps</caption>"
-    )
-    return (
-        f"<table class='td-schedule' style='{FONT}font-size:12px;'>{caption}{''.join(rows)}</table>"
-    )
-
-
-# ---------------------------------------------------------------- sampling
-
-
-def _kept(logp: torch.Tensor, sampling: str, top_k: int = 1, top_p: float = 1.0) -> torch.Tensor:
-    """Bool (N, V): the tokens `tdlib.sample.filter_log_probs` keeps in each row of ``logp`` (N, V)."""
-    weights, ids = filter_log_probs(logp, sampling=sampling, top_k=top_k, top_p=top_p)  # (N, K) each
-    return torch.zeros_like(logp, dtype=torch.bool).scatter_(1, ids, weights > 0)
-
-
-def kept_distribution(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sampler's filter on ``logits`` (..., V): temperature, top-k (0 = off), then nucleus; (probs, kept).
-
-    Each filter is `tdlib.sample.filter_log_probs`, the very function the sampler
-    draws through: nucleus keeps the smallest set of most probable tokens whose
-    mass reaches p, including the token that crosses p; temperature 0 means
-    greedy. ``probs`` is the kept distribution renormalised.
-    """
-    logits = torch.as_tensor(logits, dtype=torch.float64)  # (..., V)
-    check(top_k >= 0, f"top_k must be >= 0 (0 = off), got {top_k}")
-    check(0.0 < top_p <= 1.0, f"top_p must be in (0, 1], got {top_p}")
-    flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
-    if temperature <= 0:
-        kept = _kept(flat, "greedy")
-    else:
-        flat = flat / temperature  # p_T ∝ exp(logit / T)
-        kept = torch.isfinite(flat)
-        if 0 < top_k < flat.shape[-1]:
-            kept &= _kept(torch.log_softmax(flat, -1), "topk", top_k=top_k)
-        if top_p < 1.0:
-            kept &= _kept(torch.log_softmax(flat.masked_fill(~kept, -math.inf), -1), "nucleus", top_p=top_p)
-    probs = torch.softmax(flat.masked_fill(~kept, -math.inf), dim=-1)
-    return probs.reshape(logits.shape), kept.reshape(logits.shape)
-
-
-def as_logits(logits_or_probs: torch.Tensor | np.ndarray, kind: str = "auto") -> torch.Tensor:
-    """One distribution (V,) as float64 logits; ``kind`` "auto" takes non-negative values summing to 1 as probs."""
-    values = torch.as_tensor(_numpy(logits_or_probs), dtype=torch.float64).reshape(-1)  # (V,)
-    check(kind in ("auto", "logits", "probs"), f"kind must be auto, logits or probs, got {kind!r}")
-    if kind == "auto":
-        is_probs = bool(
-            (values >= 0).all() and (values <= 1).all() and abs(float(values.sum()) - 1) < 1e-3
-        )
-        kind = "probs" if is_probs else "logits"
-    return values.log() if kind == "probs" else values
-
-
-def _candidate_label(piece: str) -> str:
-    return piece.replace("Ġ", "\u2423").replace("Ċ", "\u21b5")  # ␣ word start, ↵ newline
-
-
-def sampler_settings(sampling: str, temperature: float, top_k: int, top_p: float) -> dict:
-    """The `kept_distribution` arguments for one of `tdlib.sample`'s modes (greedy, topk, nucleus)."""
-    check(
-        sampling in SAMPLINGS,
-        f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}",
-    )
-    if sampling == "greedy":
-        return {"temperature": 0.0, "top_k": 0, "top_p": 1.0}
-    if sampling == "topk":
-        return {"temperature": temperature, "top_k": top_k, "top_p": 1.0}
-    return {"temperature": temperature, "top_k": 0, "top_p": top_p}
-
-
-def sampling_table_html(
-    logits: torch.Tensor | np.ndarray,
-    tokenizer: PreTrainedTokenizerBase,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    num_candidates: int = 12,
-) -> str:
-    """HTML table of the top candidates: p at T=1, p at temperature T, and the kept, renormalised p."""
-    logits = as_logits(logits, "logits")
-    base = torch.softmax(logits, dim=-1)  # (V,)
-    kept_p, kept = kept_distribution(logits, temperature, top_k, top_p)
-    tempered = torch.softmax(logits / temperature, dim=-1) if temperature > 0 else kept_p
-    order = base.argsort(descending=True, stable=True)[:num_candidates]
-    pieces = tokenizer.convert_ids_to_tokens([int(i) for i in order])
-    cell = "padding:0 6px;"
-    rows = [
-        f"<tr><th style='{cell}'>#</th><th style='{cell}'>token</th><th style='{cell}'>p (T=1)</th>"
-        f"<th style='{cell}'>p (T={temperature:g})</th><th style='{cell}'>kept p</th><th></th></tr>"
-    ]
-    for rank, (i, piece) in enumerate(zip(order.tolist(), pieces, strict=True), start=1):
-        cls = "td-kept" if kept[i] else "td-dropped"
-        look = "" if kept[i] else "color:#aaa;text-decoration:line-through;"
-        bar = f"<div style='background:#4a7ab0;height:10px;width:{160 * float(kept_p[i]):.1f}px'></div>"
-        rows.append(
-            f"<tr class='{cls}' style='{look}'><td style='{cell}'>{rank}</td>"
-            f"<td style='{cell}font-family:monospace'>{html.escape(_candidate_label(piece))}</td>"
-            f"<td style='{cell}'>{float(base[i]):.3f}</td><td style='{cell}'>{float(tempered[i]):.3f}</td>"
-            f"<td style='{cell}'>{float(kept_p[i]):.3f}</td><td>{bar}</td></tr>"
-        )
-    settings = (
-        "greedy"
-        if temperature <= 0
-        else f"T={temperature:g}, top-k={top_k or 'off'}, top-p={top_p:g}"
-    )
-    summary = (
-        f"<div class='td-summary' style='{FONT}font-size:12px;color:#555'>kept {int(kept.sum())} of "
-        f"{kept.numel()} tokens ({settings})</div>"
-    )
-    return (
-        f"<table class='td-sampling' style='{FONT}font-size:12px;'>{''.join(rows)}</table>{summary}"
-    )
-
-

@@ -13,14 +13,18 @@ r = s/S:
                                                        (many tokens early, few late)
 
 `masked_counts` turns a schedule into whole numbers of masked tokens per step.
-This module knows nothing about models or tokens; `tdlib.sample` uses it.
+`block_plan` splits a canvas into blocks generated left to right (semi-autoregressive)
+and the steps between them; `step_targets` gives every step of the plan its masked
+count per row. This module knows nothing about models or tokens; `tdlib.sample` uses it.
 """
 
 from __future__ import annotations
 
 import math
 
-from tdlib.errors import UserError
+import torch
+
+from tdlib.errors import UserError, check
 
 SCHEDULES = ("linear", "cosine", "exponential")
 EXPONENTIAL_K = 5.0  # rate k of the exponential schedule
@@ -59,3 +63,57 @@ def masked_counts(schedule: str, num_masked: int, num_steps: int) -> list[int]:
         high = counts[-1] - 1 if num_masked >= num_steps else counts[-1]  # reveal >= 1 per step
         counts.append(min(max(target, low), high))
     return counts
+
+
+def block_plan(
+    generated: torch.Tensor, num_steps: int, block_length: int | None
+) -> list[tuple[torch.Tensor, int]]:
+    """Column masks (L,) of the blocks, left to right, and the number of steps each one gets.
+
+    ``generated`` (B, L) marks the positions to write. Blocks are ``block_length``
+    consecutive columns starting at the first generated column of the batch; the
+    steps are split as evenly as possible, earlier blocks getting one more when
+    they do not divide. Without ``block_length`` the whole canvas is one block.
+    """
+    length = generated.shape[1]
+    columns = torch.arange(length, device=generated.device)
+    if block_length is None:
+        return [(torch.ones(length, dtype=torch.bool, device=generated.device), num_steps)]
+    used = generated.any(0).nonzero()[:, 0]
+    first, last = (int(used[0]), int(used[-1])) if len(used) else (0, length - 1)
+    num_blocks = (last - first) // block_length + 1
+    check(
+        num_steps >= num_blocks,
+        f"{num_blocks} blocks of {block_length} need at least {num_blocks} steps, got {num_steps}",
+    )
+    plan = []
+    for j in range(num_blocks):
+        lo = first + j * block_length
+        cols = (columns >= lo) & (columns < lo + block_length)
+        if j == 0:
+            cols |= columns < first
+        if j == num_blocks - 1:
+            cols |= columns > last
+        plan.append((cols, num_steps // num_blocks + (j < num_steps % num_blocks)))
+    return plan
+
+
+def step_targets(
+    generated: torch.Tensor, schedule: str, plan: list[tuple[torch.Tensor, int]]
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For every step of ``plan``: (active columns (L,), masked count per row wanted after it
+    (B,), busiest (B,)), busiest being the most tokens any step of the block reveals in the row.
+
+    The schedule runs per row, so rows with different numbers of masks (infilling) are fine.
+    """
+    targets = []
+    cache: dict[tuple[int, int], list[int]] = {}
+    for cols, steps in plan:
+        per_row = (generated & cols).sum(1).tolist()  # masked positions of each row in this block
+        for n in set(per_row):
+            cache.setdefault((n, steps), masked_counts(schedule, n, steps))
+        rows = [cache[(n, steps)] for n in per_row]
+        table = torch.tensor(rows, device=generated.device)  # (B, S_j + 1)
+        busiest = (table[:, :-1] - table[:, 1:]).amax(1)  # (B,)
+        targets += [(cols, table[:, s], busiest) for s in range(1, steps + 1)]
+    return targets

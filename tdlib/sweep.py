@@ -1,6 +1,6 @@
 """The sampling sweep: how sample quality moves with the number of steps.
 
-`quality_vs_steps` runs the sampler (`tdlib.sample.generate`) over a grid of
+`quality_vs_steps` runs the sampler (`tdlib.canvas.generate`) over a grid of
 strategies, schedules and step counts, with the same seed in every cell, and
 scores each cell with the text metrics of `tdlib.metrics`; `steps_table` prints
 the rows as Markdown and `tdlib.plots.quality_vs_steps_figure` draws them.
@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from tdlib.canvas import build_canvas, generate
 from tdlib.errors import UserError, check
 from tdlib.metrics import generative_perplexity, sample_metrics, unigram_entropy
-from tdlib.sample import STRATEGIES, build_canvas, check_options, generate
+from tdlib.sample import SamplerConfig, sampler_config
+from tdlib.strategies import STRATEGIES
 
 # What each metric of a steps sweep means, for tables (the figures in `tdlib.plots` say the same).
 STEP_METRIC_NOTES = {
@@ -38,7 +41,7 @@ STEP_METRIC_NOTES = {
 
 
 def _generated_positions(tokenizer: Any, prefix: str, max_length: int) -> int:
-    """How many canvas positions `tdlib.sample.generate` will write for this prefix and length."""
+    """How many canvas positions `tdlib.canvas.generate` will write for this prefix and length."""
     canvas, _ = build_canvas(tokenizer, prefix, max_length)
     return sum(i == tokenizer.mask_token_id for i in canvas)
 
@@ -61,6 +64,7 @@ def _scores(texts: list[str], reference: tuple[Any, Any] | None, language: Any =
 def quality_vs_steps(
     model: Any,
     tokenizer: Any,
+    config: SamplerConfig | None = None,
     *,
     steps: Sequence[int] = (4, 8, 16, 32, 64),
     strategies: Sequence[str] = STRATEGIES,
@@ -68,20 +72,18 @@ def quality_vs_steps(
     num_samples: int = 8,
     max_length: int = 64,
     prefix: str = "",
-    sampling: str = "nucleus",
-    top_k: int = 50,
-    top_p: float = 0.9,
-    temperature: float = 1.0,
     seed: int = 0,
     reference: tuple[Any, Any] | None = None,
     language: Any = None,
     progress: bool = False,
+    **options: Any,
 ) -> list[dict]:
     """Sample metrics for every (strategy, schedule, steps) cell: how quality moves with forward passes.
 
-    Each cell is one `tdlib.sample.generate` call of ``num_samples`` texts with
-    ``steps`` denoiser forward passes, the same ``seed`` and every other setting
-    equal, so cells differ only by strategy, schedule and steps. A row holds
+    Each cell is one `tdlib.canvas.generate` call of ``num_samples`` texts with
+    ``steps`` denoiser forward passes, the same ``seed`` and every other setting of
+    ``config`` (default: nucleus sampling, top-p 0.9) with ``options`` by name equal,
+    so cells differ only by strategy, schedule and steps. A row holds
     ``strategy``, ``schedule``, ``steps``, ``forward_passes``, ``seconds`` (the
     sampler's time), ``texts``, the keys of `sample_metrics` and, when
     ``reference=(causal_model, causal_tokenizer)`` is given,
@@ -99,10 +101,10 @@ def quality_vs_steps(
 
     check(bool(steps) and all(s >= 1 for s in steps), f"steps must be a non-empty list of values >= 1, got {steps}")
     check(bool(strategies) and bool(schedules), "give at least one strategy and one schedule")
-    for strategy in strategies:
+    config = sampler_config(config or SamplerConfig(sampling="nucleus"), **options)
+    for strategy in strategies:  # every cell's options are checked before the first one runs
         for schedule in schedules:
-            check_options(num_steps=min(steps), schedule=schedule, strategy=strategy, sampling=sampling,
-                          temperature=temperature, top_k=top_k, top_p=top_p)
+            replace(config, num_steps=min(steps), schedule=schedule, strategy=strategy)
     positions = _generated_positions(tokenizer, prefix, max_length)
     sweep = sorted({min(s, max(positions, 1)) for s in steps})
     cells = [(st, sc, s) for st in strategies for sc in schedules for s in sweep]
@@ -110,11 +112,9 @@ def quality_vs_steps(
     with tqdm(total=len(cells), desc="quality vs steps", disable=not progress, file=sys.stderr) as bar:
         for strategy, schedule, num_steps in cells:
             bar.set_postfix_str(f"{strategy} {schedule} {num_steps}")
-            texts, trajectory = generate(
-                model, tokenizer, prefix=prefix, num_samples=num_samples, max_length=max_length, num_steps=num_steps,
-                schedule=schedule, strategy=strategy, sampling=sampling, temperature=temperature, top_k=top_k,
-                top_p=top_p, seed=seed,
-            )
+            cell = replace(config, strategy=strategy, schedule=schedule, num_steps=num_steps)
+            texts, trajectory = generate(model, tokenizer, cell, prefix=prefix,
+                                         num_samples=num_samples, max_length=max_length, seed=seed)
             row = {"strategy": strategy, "schedule": schedule, "steps": num_steps,
                    "forward_passes": trajectory.forward_passes, "seconds": trajectory.seconds}
             rows.append({**row, **_scores(texts, reference, language), "texts": texts})

@@ -1,4 +1,4 @@
-"""Notebook widgets: thin ipywidgets shells over `tdlib.render` and `tdlib.plots`.
+"""Notebook widgets: thin ipywidgets shells over `tdlib.render`, `tdlib.tables` and `tdlib.plots`.
 
 `DenoisingScrubber` plays a recorded trajectory, `CompareScrubber` plays several
 side by side on one slider (the exact denoiser next to a network), `LiveLossView`
@@ -11,7 +11,7 @@ snapshot of what it shows (`snapshot()`), under a caption: a reader who opens
 the notebook without a kernel sees the picture, not a blank cell.
 
 Each shell only wires controls to a pure renderer: every piece
-of HTML comes from `tdlib.render`, every figure from `tdlib.plots`, so what a
+of HTML comes from `tdlib.render` or `tdlib.tables`, every figure from `tdlib.plots`, so what a
 widget shows is tested without a browser and is what the command line shows.
 
 Following LLaDA's demo, a trajectory is recorded first by `tdlib.sample` and only
@@ -30,10 +30,11 @@ import torch
 from IPython.display import HTML, display
 from matplotlib.figure import Figure
 
-from tdlib import plots, render
+from tdlib import plots, render, tables
 from tdlib.checkpoint import FINAL_EVENTS, METRICS_FILE
+from tdlib.draws import SAMPLINGS
 from tdlib.masking import mask_tokens, protected_positions
-from tdlib.sample import SAMPLINGS
+from tdlib.sample import SamplerConfig, sampler_config
 from tdlib.schedules import SCHEDULES
 
 SNAPSHOT_CAPTION = "static snapshot of the widget above (what it shows now; visible without a running kernel)"
@@ -257,7 +258,7 @@ class ScheduleExplorer:
 
     def _update(self, change: dict | None = None) -> None:
         schedule, steps, masked = self.schedule.value, self.num_steps.value, self.num_masked.value
-        self.table.value = render.schedule_table_html(schedule, steps, masked)
+        self.table.value = tables.schedule_table_html(schedule, steps, masked)
         self.image.value = plots.figure_png(
             plots.schedule_figure([schedule], steps, masked), dpi=70
         )
@@ -277,31 +278,24 @@ class ScheduleExplorer:
 class SamplingExplorer:
     """The sampler's modes over one distribution: see which tokens greedy, top-k or nucleus keep."""
 
-    def __init__(
-        self,
-        logits_or_probs,
-        tokenizer,
-        *,
-        kind: str = "auto",
-        sampling: str = "nucleus",
-        num_candidates: int = 12,
-    ):
-        self.logits = render.as_logits(logits_or_probs, kind)  # (V,)
+    def __init__(self, logits_or_probs, tokenizer, config: SamplerConfig | None = None, *,
+                 kind: str = "auto", num_candidates: int = 12, **options):
+        """Sliders start at ``config`` (default: nucleus, top-p 0.9, top-k 10), its fields
+        overridden by ``options`` given by name."""
+        self.logits = tables.as_logits(logits_or_probs, kind)  # (V,)
         self.tokenizer = tokenizer
         self.num_candidates = num_candidates
         vocab = self.logits.numel()
-        self.sampling = widgets.Dropdown(
-            options=list(SAMPLINGS), value=sampling, description="sampling"
-        )
-        self.temperature = widgets.FloatSlider(
-            value=1.0, min=0.05, max=3.0, step=0.05, description="temperature"
-        )
-        self.top_k = widgets.IntSlider(
-            value=min(10, vocab), min=1, max=min(vocab, 100), description="top-k"
-        )
-        self.top_p = widgets.FloatSlider(
-            value=0.9, min=0.05, max=1.0, step=0.01, description="top-p"
-        )
+        start = sampler_config(config or SamplerConfig(sampling="nucleus", top_k=min(10, vocab)),
+                               **options)
+        self.sampling = widgets.Dropdown(options=list(SAMPLINGS), value=start.sampling,
+                                         description="sampling")
+        self.temperature = widgets.FloatSlider(value=start.temperature, min=0.05, max=3.0,
+                                               step=0.05, description="temperature")
+        self.top_k = widgets.IntSlider(value=min(start.top_k, vocab, 100), min=1,
+                                       max=min(vocab, 100), description="top-k")
+        self.top_p = widgets.FloatSlider(value=start.top_p, min=0.05, max=1.0, step=0.01,
+                                         description="top-p")
         self.html = widgets.HTML()
         for control in (self.sampling, self.temperature, self.top_k, self.top_p):
             control.observe(self._update, names="value")
@@ -314,11 +308,10 @@ class SamplingExplorer:
         self.temperature.disabled = mode == "greedy"
         self.top_k.disabled = mode != "topk"
         self.top_p.disabled = mode != "nucleus"
-        settings = render.sampler_settings(
-            mode, self.temperature.value, self.top_k.value, self.top_p.value
-        )
-        self.html.value = render.sampling_table_html(
-            self.logits, self.tokenizer, **settings, num_candidates=self.num_candidates
+        config = SamplerConfig(sampling=mode, temperature=self.temperature.value,
+                               top_k=self.top_k.value, top_p=self.top_p.value)
+        self.html.value = tables.sampling_table_html(
+            self.logits, self.tokenizer, config, num_candidates=self.num_candidates
         )
 
     def snapshot(self) -> str:

@@ -13,7 +13,7 @@ import torch
 from tdlib.errors import UserError
 from tdlib.metrics import sample_metrics
 from tdlib.plots import quality_vs_steps_figure
-from tdlib.sample import STRATEGIES
+from tdlib.strategies import STRATEGIES
 from tdlib.sweep import quality_vs_steps, steps_table
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"

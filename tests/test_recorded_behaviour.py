@@ -45,8 +45,8 @@ def test_training_losses_and_bound_match_the_recording(runs, name):
 
 
 def test_samples_match_the_recording(runs):
+    from tdlib.canvas import generate
     from tdlib.model import load_checkpoint
-    from tdlib.sample import generate
 
     model, tokenizer = load_checkpoint(runs / "smoke" / "final-model")
     for strategy in STRATEGIES:

@@ -7,10 +7,13 @@ import math
 import pytest
 import torch
 
+from tdlib.canvas import generate
 from tdlib.errors import UserError
 from tdlib.oracle import MarkovChain
-from tdlib.sample import ADAPTIVE, REMASKING, STRATEGIES, continuation_ids, generate, sample
+from tdlib.pieces import continuation_ids
+from tdlib.sample import sample
 from tdlib.schedules import SCHEDULES, masked_counts
+from tdlib.strategies import ADAPTIVE, REMASKING, STRATEGIES
 
 SENTENCES = [
     "the cat sat on the mat and the dog sat on the log",
@@ -281,68 +284,6 @@ def test_the_positions_fast_path_gives_the_same_trajectory(strategy, sampling):
         assert all(not (c & (xt != 1999)).any() for c, xt in zip(calls, plain.tokens[:-1], strict=True))
 
 
-@pytest.mark.parametrize("k", [1, 2, 50])
-@pytest.mark.parametrize("vocab", [30522, 5942])
-def test_chunked_topk_matches_torch_topk(k, vocab):
-    from tdlib.sample import _topk
-
-    x = torch.randn(40, vocab, generator=torch.Generator().manual_seed(k))
-    x[:, :100] = float("-inf")
-    x[3, vocab - 2] = 100.0  # the largest value in the columns past the last whole chunk
-    x[5, 32:64] = 50.0 + torch.arange(32.0)  # one chunk holds the row's 32 largest values
-    x[7, 130:] = float("-inf")  # 30 finite values: with k = 50 the rest of the top k is -inf, as in plain topk
-    values, ids = _topk(x, k)
-    expected = x.topk(k, dim=-1)
-    assert torch.equal(values, expected.values)
-    finite = expected.values.isfinite()  # ids of tied values (here the -inf ones) may differ
-    assert torch.equal(ids[finite], expected.indices[finite])
-    assert torch.equal(x.gather(1, ids), values)
-
-
-@pytest.mark.parametrize("sampling", ["greedy", "topk", "nucleus"])
-@pytest.mark.parametrize("draw_all_up_to", [0, 4096])  # in rounds (a large vocabulary), or all at once (a small one)
-def test_confidence_draws_only_where_a_token_can_be_revealed_with_the_same_result(sampling, draw_all_up_to,
-                                                                                  monkeypatch):
-    """`_reveal_by_confidence` equals drawing at every position and revealing the most probable draws."""
-    from tdlib import sample
-    from tdlib.sample import _draw_from, _reveal_by_confidence, _top_per_row, _uniforms
-
-    monkeypatch.setattr(sample, "DRAW_ALL_UP_TO", draw_all_up_to)
-    g = torch.Generator().manual_seed(3)
-    shape = (6, 40)
-    eligible = torch.rand(shape, generator=g) < 0.7  # (B, L) masked positions
-    eligible[5] = False
-    eligible[5, :2] = True  # a row with 2 masked positions, both to be revealed
-    rows, cols = eligible.nonzero(as_tuple=True)
-    logits = torch.randn(len(rows), 300, generator=g) * torch.rand(len(rows), 1, generator=g) * 6  # flat to peaked
-    logits[::7] = logits[0]  # repeated rows: tied largest probabilities
-    logp = torch.log_softmax(logits, -1)
-    count = torch.tensor([0, 1, 3, 10, 25, 2]).clamp(max=eligible.sum(1))
-    u = _uniforms(len(logp), sampling, torch.Generator().manual_seed(0), "cpu")
-    drawn_rows = []
-
-    def draw(idx=None):
-        idx = torch.arange(len(logp)) if idx is None else idx
-        drawn_rows.append(len(idx))
-        return _draw_from(logp[idx], None if u is None else u[idx], sampling=sampling, top_k=20, top_p=0.9)
-
-    revealed, tokens, p_token = _reveal_by_confidence(logp, eligible, rows, cols, count, draw)
-    every = torch.arange(len(logp))
-    all_tokens = _draw_from(logp, u, sampling=sampling, top_k=20, top_p=0.9)
-    scores = torch.full(shape, float("-inf"))
-    scores[rows, cols] = logp[every, all_tokens].exp()
-    expected = _top_per_row(scores, eligible, count)
-    assert torch.equal(revealed, expected)
-    assert torch.equal(revealed.sum(1), count)
-    keep = revealed[rows, cols]
-    assert torch.equal(tokens[keep], all_tokens[keep])
-    assert torch.equal(p_token[keep], scores[rows, cols][keep])
-    if draw_all_up_to < logp.shape[-1]:
-        assert sum(drawn_rows) < len(logp)  # fewer draws than positions
-    else:
-        assert drawn_rows == [len(logp)]  # one draw everywhere
-
-
 def test_as_denoiser_positions_returns_the_masked_only_rows(scratch):
     from tdlib.model import as_denoiser
 
@@ -439,7 +380,7 @@ def test_prefix_too_long_and_bad_options_are_user_errors(wordpiece):
 
 
 def test_filter_log_probs_is_the_kept_set_of_each_sampling():
-    from tdlib.sample import filter_log_probs
+    from tdlib.draws import filter_log_probs
 
     logp = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()  # (1, V)
 

@@ -12,7 +12,8 @@ from test_sample import empirical_tv, fixed_denoiser, random_logits, tv_threshol
 from tdlib.cli import main
 from tdlib.errors import UserError
 from tdlib.oracle import MarkovChain
-from tdlib.sample import REMASKING, _entropy_bound_count, sample
+from tdlib.sample import sample
+from tdlib.strategies import REMASKING, entropy_bound_count
 from tdlib.toylang import ToyLanguage
 
 EXACT = dict(sampling="nucleus", top_p=1.0, temperature=1.0)
@@ -105,10 +106,10 @@ def test_entropy_bound_count_keeps_the_sum_minus_the_largest_under_the_bound():
     entropy = torch.tensor([[0.5, 0.1, 1.0, 0.2, 9.0], [0.0, 0.0, 0.5, 0.7, 9.0]], dtype=torch.float64)
     masked = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
     # row 0, sorted 0.1 0.2 0.5 1.0: sets of 1..4 have sum - max 0, 0.1, 0.3, 0.8
-    assert _entropy_bound_count(entropy, masked, 0.35).tolist()[0] == 3
-    assert _entropy_bound_count(entropy, masked, 100.0).tolist()[0] == 4  # never an unmasked position
+    assert entropy_bound_count(entropy, masked, 0.35).tolist()[0] == 3
+    assert entropy_bound_count(entropy, masked, 100.0).tolist()[0] == 4  # never an unmasked position
     # row 1: two certain positions (H = 0) go together even with bound 0
-    assert _entropy_bound_count(entropy, masked, 0.0).tolist() == [1, 3]
+    assert entropy_bound_count(entropy, masked, 0.0).tolist() == [1, 3]
 
 
 def test_entropy_bound_is_exact_with_one_token_per_pass_and_biased_to_unlikely_text_with_more():
@@ -161,7 +162,7 @@ def test_remasking_keeps_the_schedule_and_takes_tokens_back(strategy):
 def test_remask_cap_with_the_exact_toy_language_writes_only_grammatical_sentences():
     language = ToyLanguage()
     tokenizer = language.tokenizer()
-    from tdlib.sample import generate
+    from tdlib.canvas import generate
 
     texts, traj = generate(language, tokenizer, num_samples=200, max_length=14, num_steps=24, strategy="remask-cap",
                            remask_eta=0.5, seed=0, **EXACT)

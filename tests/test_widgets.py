@@ -10,8 +10,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tdlib import plots, render, widgets
+from tdlib import plots, render, tables, widgets
 from tdlib.errors import UserError
+from tdlib.pieces import display_words, token_pieces, tokenizer_style
 
 WORDS = [
     "[PAD]",
@@ -126,10 +127,10 @@ def trajectory(tokenizer):
 
 def test_display_words_wordpiece():
     pieces = ["[CLS]", "the", "cat", "##s", "sat", ".", "[SEP]", "[PAD]"]
-    assert render.display_words(pieces) == ["the", "cats", "sat."]
-    assert render.display_words(["[CLS]", "the", "[MASK]", "##s"]) == ["the", "[MASK]s"]
+    assert display_words(pieces) == ["the", "cats", "sat."]
+    assert display_words(["[CLS]", "the", "[MASK]", "##s"]) == ["the", "[MASK]s"]
     pieces = ["fox", "'", "s", "isn", "'", "t", "<", "simple", ">", ",", "(", "a", ")"]
-    assert render.display_words(pieces, style="wordpiece") == [
+    assert display_words(pieces, style="wordpiece") == [
         "fox's",
         "isn't",
         "<simple>,",
@@ -139,14 +140,14 @@ def test_display_words_wordpiece():
 
 def test_display_words_byte_level_bpe():
     pieces = ["<s>", "The", "Ġcat", "s", "Ġsat", "ĠcafÃ©", "Ġ<", "b", ">", "</s>", "<pad>"]
-    assert render.display_words(pieces) == ["The", "cats", "sat", "café", "<b>"]
-    assert render.display_words(["ĠThe", "Ġ", "qu", "ick", "Ċ", "Ġx"]) == ["The", "quick↵", "x"]
+    assert display_words(pieces) == ["The", "cats", "sat", "café", "<b>"]
+    assert display_words(["ĠThe", "Ġ", "qu", "ick", "Ċ", "Ġx"]) == ["The", "quick↵", "x"]
 
 
 def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
-    assert render.tokenizer_style(tokenizer) == "wordpiece"
-    assert render.tokenizer_style(bpe_tokenizer) == "bpe"
-    bpe = render.token_pieces(
+    assert tokenizer_style(tokenizer) == "wordpiece"
+    assert tokenizer_style(bpe_tokenizer) == "bpe"
+    bpe = token_pieces(
         bpe_tokenizer, bpe_tokenizer.convert_tokens_to_ids(["<s>", "The", "s", "<mask>"])
     )
     assert [(p.text, p.joins, p.hidden) for p in bpe] == [
@@ -155,7 +156,7 @@ def test_token_pieces_use_the_tokenizer_style(tokenizer, bpe_tokenizer):
         ("s", True, False),
         ("<mask>", False, False),
     ]
-    wp = render.token_pieces(tokenizer, ids(tokenizer, "[CLS] cat ##s [MASK]"))
+    wp = token_pieces(tokenizer, ids(tokenizer, "[CLS] cat ##s [MASK]"))
     assert [p.hidden for p in wp] == [True, False, False, False]  # the mask is never hidden
 
 
@@ -165,7 +166,7 @@ def test_token_pieces_with_a_fake_tokenizer():
         all_special_ids=[0, 2],
         mask_token_id=None,
     )
-    assert [p.text for p in render.token_pieces(fake, [0, 1, 2]) if not p.hidden] == ["hi"]
+    assert [p.text for p in token_pieces(fake, [0, 1, 2]) if not p.hidden] == ["hi"]
 
 
 # ---------------------------------------------------------------- step renderer
@@ -284,7 +285,7 @@ def test_live_loss_view_redraws_on_eval(tmp_path):
 
 
 def test_schedule_table_and_explorer():
-    html = render.schedule_table_html("linear", 4, 8)
+    html = tables.schedule_table_html("linear", 4, 8)
     assert html.count("<tr class='td-step'>") == 5
     assert (
         "<td style='padding:0 8px;text-align:right;'>2</td>" in html
@@ -292,7 +293,7 @@ def test_schedule_table_and_explorer():
     explorer = widgets.ScheduleExplorer(schedule="linear", num_steps=4, num_masked=8)
     assert explorer.table.value == html and explorer.image.value[:4] == b"\x89PNG"
     explorer.num_steps.value = 8
-    assert explorer.table.value == render.schedule_table_html("linear", 8, 8)
+    assert explorer.table.value == tables.schedule_table_html("linear", 8, 8)
     explorer.schedule.value = "cosine"
     assert "cosine: 8 masked tokens, 8 steps" in explorer.table.value
 
@@ -302,10 +303,10 @@ def test_schedule_table_and_explorer():
 
 def test_kept_distribution_nucleus_keeps_the_crossing_token():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    kept_p, kept = render.kept_distribution(probs.log(), top_p=0.7)
+    kept_p, kept = tables.kept_distribution(probs.log(), sampling="nucleus", top_p=0.7)
     assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 crosses it
     assert kept_p.tolist() == pytest.approx([0.625, 0.375, 0, 0])
-    assert render.kept_distribution(probs.log(), top_p=0.5)[1].tolist() == [
+    assert tables.kept_distribution(probs.log(), sampling="nucleus", top_p=0.5)[1].tolist() == [
         True,
         False,
         False,
@@ -315,53 +316,53 @@ def test_kept_distribution_nucleus_keeps_the_crossing_token():
 
 def test_kept_distribution_top_k_temperature_greedy():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    assert render.kept_distribution(logits, top_k=2)[1].tolist() == [True, True, False, False]
-    assert render.kept_distribution(logits, top_k=0)[1].all()
-    hot, _ = render.kept_distribution(logits, temperature=10.0)
-    cold, _ = render.kept_distribution(logits, temperature=0.1)
+    assert tables.kept_distribution(logits, top_k=2)[1].tolist() == [True, True, False, False]
+    assert tables.kept_distribution(logits, sampling="nucleus", top_p=1.0)[1].all()  # no filter
+    hot, _ = tables.kept_distribution(logits, sampling="nucleus", top_p=1.0, temperature=10.0)
+    cold, _ = tables.kept_distribution(logits, sampling="nucleus", top_p=1.0, temperature=0.1)
     assert hot.max() < torch.softmax(logits.double(), -1).max() < cold.max()
-    greedy, kept = render.kept_distribution(logits, temperature=0.0)
+    greedy, kept = tables.kept_distribution(logits, sampling="greedy")
     assert kept.tolist() == [True, False, False, False] and greedy[0] == 1.0
-    assert render.kept_distribution(logits, top_k=3, top_p=0.5)[1].sum() == 1  # top-k, then top-p
+    with pytest.raises(UserError, match="temperature"):
+        tables.kept_distribution(logits, temperature=0.0)
 
 
 def test_kept_distribution_is_batched():
     logits = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]])
-    assert render.kept_distribution(logits, top_k=1)[1].tolist() == [
+    assert tables.kept_distribution(logits, top_k=1)[1].tolist() == [
         [False, False, True],
         [True, False, False],
     ]
 
 
 def test_kept_set_matches_the_sampler_draws():
-    """Every token tdlib.sample draws lies in the kept set, and every kept token gets drawn."""
-    from tdlib.sample import _draw
+    """Every token the sampler draws lies in the kept set, and every kept token gets drawn."""
+    from tdlib.sample import sample
 
-    logits = torch.tensor([[2.0, 1.5, 1.0, 0.0, -1.0, -3.0]]).expand(4000, 6)  # (N, V)
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])  # (V,) the same at every position
+
+    def denoiser(xt, attention_mask=None):
+        return logits.expand(*xt.shape, -1)  # (B, L, V)
+
     for sampling, top_k, top_p in [
         ("topk", 3, 1.0),
         ("nucleus", 50, 0.6),
         ("nucleus", 50, 0.9),
         ("greedy", 1, 1.0),
     ]:
-        settings = render.sampler_settings(sampling, 0.8, top_k, top_p)
-        _, kept = render.kept_distribution(logits[0], **settings)
-        drawn, _ = _draw(
-            logits,
-            sampling=sampling,
-            temperature=0.8,
-            top_k=top_k,
-            top_p=top_p,
-            generator=torch.Generator().manual_seed(0),
-        )
-        assert set(drawn.tolist()) == set(kept.nonzero()[:, 0].tolist()), sampling
+        options = dict(sampling=sampling, temperature=0.8, top_k=top_k, top_p=top_p)
+        _, kept = tables.kept_distribution(logits, **options)
+        x = torch.full((1, 4000), 99)
+        drawn = sample(denoiser, x, mask_id=99, num_steps=1, strategy="random",
+                       generator=torch.Generator().manual_seed(0), **options).final
+        assert set(drawn[0].tolist()) == set(kept.nonzero()[:, 0].tolist()), sampling
 
 
 def test_sampling_table_and_explorer(tokenizer):
     probs = torch.zeros(len(WORDS))
     probs[[5, 6, 12, 13]] = torch.tensor([0.5, 0.3, 0.15, 0.05])
-    html = render.sampling_table_html(
-        probs.clamp_min(1e-12).log(), tokenizer, top_p=0.7, num_candidates=4
+    html = tables.sampling_table_html(
+        probs.clamp_min(1e-12).log(), tokenizer, sampling="nucleus", top_p=0.7, num_candidates=4
     )
     assert html.count("class='td-kept'") == 2 and html.count("class='td-dropped'") == 2
     assert "&lt;b&gt;" in html and "<b>" not in html
@@ -380,7 +381,7 @@ def test_sampling_table_and_explorer(tokenizer):
     explorer.sampling.value = "greedy"
     assert explorer.html.value.count("class='td-kept'") == 1 and "(greedy)" in explorer.html.value
     with pytest.raises(UserError, match="unknown sampling"):
-        render.sampler_settings("beam", 1.0, 1, 1.0)
+        tables.sampling_table_html(probs, tokenizer, sampling="beam")
 
 
 def test_renders_a_trajectory_recorded_by_the_sampler(tokenizer):

@@ -24,7 +24,7 @@ SCORED_SAMPLES = 200  # samples whose sentences are checked against the toy gram
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib demo`."""
-    from tdlib.sample import STRATEGIES
+    from tdlib.strategies import STRATEGIES
 
     parser.add_argument("--preset", choices=PRESETS, default="toy",
                         help="training preset: toy (the toy language, a few minutes; default), cpu (real text, "
@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _grade_toy(model_dir: Path, config, max_length: int, prefix: str, seed: int) -> None:
     """Print the toy model's exact grades: NELBO against the true NLL, grammatical share, and the exact denoiser."""
+    from tdlib.canvas import generate
     from tdlib.data import get_split, load_corpus, make_examples
     from tdlib.evaluate import bound_against_truth
     from tdlib.model import as_denoiser, load_checkpoint
-    from tdlib.sample import generate
     from tdlib.toylang import ToyLanguage
 
     model, tokenizer = load_checkpoint(model_dir)
