@@ -9,12 +9,12 @@ What a training run leaves in its ``output_dir`` (the run directory):
   looks complete;
 - ``latest``: a plain file naming the newest checkpoint (no symlink);
 - ``final-model/``: the model at the end;
-- ``metrics.jsonl``: one JSON record per line, each with a ``step``.
+- ``metrics.jsonl``: one JSON record per line, each with a ``step``; `tdlib.runlog`
+  writes and reads it.
 
-This module reads and writes those files: it validates a model directory,
-lists and resolves checkpoints, saves and restores the trainer state, keeps the
-metrics log. It does not build networks (`tdlib.model`) and does not train
-(`tdlib.train`).
+This module reads and writes the other files: it validates a model directory,
+lists and resolves checkpoints, saves and restores the trainer state. It does
+not build networks (`tdlib.model`) and does not train (`tdlib.train`).
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ from pathlib import Path
 import torch
 
 from tdlib.errors import UserError, check
+from tdlib.runlog import FINAL_EVENTS, METRICS_FILE  # noqa: F401 (tdlib.widgets still imports them from here)
 
 LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpoint
 STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step and seconds trained
 TRAINING_CONFIG_FILE = "training_config.json"  # beside each checkpoint and the final model: the TrainConfig
-METRICS_FILE = "metrics.jsonl"  # a run directory's metrics log, one JSON record per line
 FINAL_MODEL = "final-model"  # the run directory's model at the end
-FINAL_EVENTS = ("end", "stopped", "interrupted")  # the events of a run's last metrics record
 logger = logging.getLogger(__name__)  # without handlers, warnings go to stderr as bare lines
 
 
@@ -255,27 +254,3 @@ def restore_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) ->
         ) from None
     return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
-
-class MetricsLog:
-    """Append-only ``metrics.jsonl`` that drops records past a resume point."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if record.get("step", 0) <= resume_step and record.get("event") != "end":
-                    kept.append(line)
-            atomic_write_text(path, "".join(k + "\n" for k in kept))
-        elif resume_step is None and path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        """Append one record as a line of JSON."""
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()

@@ -11,9 +11,9 @@ This module holds the settings (`TrainConfig`, `PRESETS`: the defaults are the
 original experiment), the learning-rate schedule and the loop. It knows no
 network and no loss by name: the head's start, dropout and frozen layers are
 `tdlib.heads`, the losses and batches `tdlib.objectives`, the run directory's
-files (checkpoints, ``latest``, the resume state, ``metrics.jsonl``)
-`tdlib.checkpoint`, and the clock budget, SIGTERM and the progress bar
-`tdlib.callbacks`. It does not draw (callbacks receive every metrics record, so
+files (checkpoints, ``latest``, the resume state) `tdlib.checkpoint`,
+``metrics.jsonl`` `tdlib.runlog`, and the clock budget, SIGTERM and the progress
+bar `tdlib.callbacks`. It does not draw (callbacks receive every metrics record, so
 `tdlib.widgets.LiveLossView` can draw them) and it does not sample.
 """
 
@@ -32,10 +32,8 @@ import torch
 from tdlib.callbacks import Callback, ClockBudget, ProgressBar, SigtermStop, as_callback
 from tdlib.checkpoint import (
     FINAL_MODEL,
-    METRICS_FILE,
     STATE_FILE,
     TRAINING_CONFIG_FILE,
-    MetricsLog,
     check_output_dir,
     checkpoint_to_resume,
     latest_name,
@@ -49,6 +47,7 @@ from tdlib.heads import HEAD_INITS, init_head, param_groups, set_dropout
 from tdlib.masking import MASKING_MODES, ORIGINAL_RATIOS, check_ratios, content_ids
 from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model
 from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS, Objective
+from tdlib.runlog import END, INTERRUPTED, METRICS_FILE, RESUME, START, STOPPED, MetricsLog
 
 
 @dataclass
@@ -376,18 +375,18 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         *(as_callback(cb) for cb in callbacks)], start_step, resumed_s)
     run.total_steps = shown_steps or math.inf  # a run by the clock: the clock ends it
     if start_step == 0:
-        run.emit({"step": 0, "event": "start", "max_steps": shown_steps, "config": dataclasses.asdict(config),
+        run.emit({"step": 0, "event": START, "max_steps": shown_steps, "config": dataclasses.asdict(config),
                   "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
                   "head_vocab": objective.head_vocab,  # columns of the training softmax; None: the whole vocabulary
                   "parameters": sum(p.numel() for p in model.parameters())})
     else:
-        run.emit({"step": start_step, "event": "resume", "max_steps": shown_steps, "from": resume_from.name})
+        run.emit({"step": start_step, "event": RESUME, "max_steps": shown_steps, "from": resume_from.name})
     stopper, last_eval = _loop(run, objective, model, tokenizer, train_examples, eval_examples, steps_per_epoch)
 
     # checkpoint
     if stopper is not None:
         run.save(model, tokenizer, run.step)
-        run.emit({"step": run.step, "event": "stopped", "reason": stopper.reason})
+        run.emit({"step": run.step, "event": STOPPED, "reason": stopper.reason})
         if stopper.hurry:
             return TrainResult(out, run.step, None, last_eval, stopped_early=True)
         if run.is_main and (last_eval is None or last_eval["step"] != run.step):  # a budget stop is a normal end
@@ -397,7 +396,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     accelerator.wait_for_everyone()
     if run.is_main:
         final = save_model(model, tokenizer, out / FINAL_MODEL, extra={TRAINING_CONFIG_FILE: dataclasses.asdict(config)})
-        run.emit({"step": run.step, "event": "end", "final_model": FINAL_MODEL})
+        run.emit({"step": run.step, "event": END, "final_model": FINAL_MODEL})
     return TrainResult(out, run.step, final, last_eval, stopper is not None)
 
 
@@ -451,7 +450,7 @@ def _loop(run: _Run, objective: Objective, model, tokenizer, train_examples: Exa
         if run.step > start_step:
             path = run.save(model, tokenizer, run.step)
             if path is not None:
-                run.emit({"step": run.step, "event": "interrupted", "checkpoint": path.name})
+                run.emit({"step": run.step, "event": INTERRUPTED, "checkpoint": path.name})
         raise
     finally:
         for cb in run.callbacks:
