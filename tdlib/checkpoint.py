@@ -10,7 +10,9 @@ What a training run leaves in its ``output_dir`` (the run directory):
 - ``latest``: a plain file naming the newest checkpoint (no symlink);
 - ``final-model/``: the model at the end;
 - ``metrics.jsonl``: one JSON record per line, each with a ``step``; `tdlib.runlog`
-  writes and reads it.
+  writes and reads it;
+- ``.lock`` and ``.lock.holder``: the lock a training process holds on the run
+  directory (`hold_run_dir`), and who holds it.
 
 This module reads and writes the other files: it validates a model directory,
 lists and resolves checkpoints, saves and restores the trainer state. It does
@@ -24,9 +26,12 @@ import json
 import logging
 import os
 import shutil
+import socket
 import struct
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +43,8 @@ LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpo
 STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step and seconds trained
 TRAINING_CONFIG_FILE = "training_config.json"  # beside each checkpoint and the final model: the TrainConfig
 FINAL_MODEL = "final-model"  # the run directory's model at the end
+LOCK_FILE = ".lock"  # locked (flock, through filelock) by the one process training in the run directory
+HOLDER_FILE = ".lock.holder"  # beside the lock: the holder's pid, host and start time, for the refusal message
 logger = logging.getLogger(__name__)  # without handlers, warnings go to stderr as bare lines
 
 
@@ -186,6 +193,61 @@ def training_config(model_dir: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock while the body runs: one training process per run directory.
+
+    Another process holding it is a `UserError` naming it, raised before anything
+    is written. The lock is the operating system's (``flock``), so it goes when
+    its process does, however it ends: a run killed with SIGKILL leaves no stale
+    lock, only a stale holder file that the next holder overwrites.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{run_dir} is in use: {_holder(run_dir)} is training in it; wait for it to end (or stop "
+                        f"it), or choose another --output-dir") from None
+    except OSError as exc:
+        raise UserError(f"cannot write to --output-dir {run_dir}: {exc.strerror}; choose a writable folder") from None
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_text(run_dir / HOLDER_FILE, json.dumps(holder) + "\n")
+        yield
+    finally:
+        (run_dir / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(run_dir: Path, wait_s: float = 2.0) -> str:
+    """Who holds the run directory's lock, from its holder file (the holder writes it just after locking)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads((run_dir / HOLDER_FILE).read_text())
+            pid, host, since = int(holder["pid"]), str(holder["host"]), str(holder["since"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid = None
+        if pid is not None and (host != socket.gethostname() or _alive(pid)):
+            return f"process {pid} on {host} (since {since})"
+        if time.monotonic() > deadline:
+            return "another process"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_output_dir(out: Path, resume: bool) -> None:

@@ -24,6 +24,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from tdlib.checkpoint import (
     TRAINING_CONFIG_FILE,
     check_output_dir,
     checkpoint_to_resume,
+    hold_run_dir,
     latest_name,
     mark_latest,
     restore_trainer_state,
@@ -45,7 +47,7 @@ from tdlib.data import EXAMPLE_MODES, Examples, get_split, load_corpus, make_exa
 from tdlib.errors import UserError, check
 from tdlib.heads import HEAD_INITS, init_head, param_groups, set_dropout
 from tdlib.masking import MASKING_MODES, ORIGINAL_RATIOS, check_ratios, content_ids
-from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model
+from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model, uses_bf16
 from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS, Objective
 from tdlib.runlog import END, INTERRUPTED, METRICS_FILE, RESUME, START, STOPPED, MetricsLog
 
@@ -323,39 +325,29 @@ class _Run:
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           callbacks: Iterable[Callback | Callable[[dict], None]] = ()) -> TrainResult:
-    """Run (or resume) training; every metrics record is also passed to each callback."""
+    """Run (or resume) training; every metrics record is also passed to each callback.
+
+    The main process holds the run directory's lock (`tdlib.checkpoint.hold_run_dir`)
+    from before its first write to its last: another process training in the same
+    directory is refused with a `UserError` naming it. The other processes of the
+    same ``accelerate launch`` take no lock: the main process holds it for them.
+    """
     from accelerate import Accelerator
 
     config.validate()
     out = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                              else "no")
-    if accelerator.is_main_process:
-        check_output_dir(out, resume)
-    accelerator.wait_for_everyone()
-    resume_from = checkpoint_to_resume(out) if resume else None
+    accelerator = Accelerator(mixed_precision="bf16" if uses_bf16() else "no")
+    with hold_run_dir(out) if accelerator.is_main_process else nullcontext():
+        if accelerator.is_main_process:
+            check_output_dir(out, resume)
+        accelerator.wait_for_everyone()
+        return _train(config, accelerator, checkpoint_to_resume(out) if resume else None, progress, callbacks)
 
-    # corpus -> examples
-    corpus = load_corpus(config.dataset, config.data_dir, num_lines=config.corpus_size,
-                         num_words=config.max_length - 2)  # a generated line fills the canvas
-    train_lines = get_split(corpus, "train")
-    objective_type = OBJECTIVES[config.objective]
-    torch.manual_seed(step_seed(config.seed, -1))  # a new network's weights depend on the seed only
-    model, tokenizer = objective_type.load_network(config, train_lines, resume_from)
-    _check_fits(model, tokenizer, config.max_length)
-    train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
-    valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
-    eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode)
-    eval_examples = eval_examples.subset(config.eval_examples)
 
-    # the network, its objective (collator and loss) and the optimizer
-    head_init = "random"  # recorded below: what was really done (GPT-2's head has no bias and no transform)
-    if resume_from is None:
-        head_init = init_head(model, config.head_init, content_ids(train_examples, tokenizer),
-                              good_turing=config.head_vocab == "train")
-    if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
-        set_dropout(model, config.dropout)
-    objective = objective_type(model, tokenizer, config, train_examples)
+def _train(config: TrainConfig, accelerator, resume_from: Path | None, progress: bool,
+           callbacks: Iterable[Callback | Callable[[dict], None]]) -> TrainResult:
+    """`train` once the run directory is held: set up, loop, save."""
+    objective, model, tokenizer, train_examples, eval_examples, head_init = _setup(config, resume_from)
     model.train()
     # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.head_lr_scale),
@@ -382,8 +374,40 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
     else:
         run.emit({"step": start_step, "event": RESUME, "max_steps": shown_steps, "from": resume_from.name})
     stopper, last_eval = _loop(run, objective, model, tokenizer, train_examples, eval_examples, steps_per_epoch)
+    return _finish(run, stopper, last_eval, objective, model, tokenizer, eval_examples)
 
-    # checkpoint
+
+def _setup(config: TrainConfig, resume_from: Path | None) -> tuple:
+    """corpus -> examples -> network -> objective: (objective, model, tokenizer, train and eval examples, head_init).
+
+    ``head_init`` is what was really done to the head (GPT-2's head has no bias
+    and no transform; a resumed network keeps the head it has).
+    """
+    corpus = load_corpus(config.dataset, config.data_dir, num_lines=config.corpus_size,
+                         num_words=config.max_length - 2)  # a generated line fills the canvas
+    train_lines = get_split(corpus, "train")
+    objective_type = OBJECTIVES[config.objective]
+    torch.manual_seed(step_seed(config.seed, -1))  # a new network's weights depend on the seed only
+    model, tokenizer = objective_type.load_network(config, train_lines, resume_from)
+    _check_fits(model, tokenizer, config.max_length)
+    train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
+    valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
+    eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode)
+    eval_examples = eval_examples.subset(config.eval_examples)
+    head_init = "random"
+    if resume_from is None:
+        head_init = init_head(model, config.head_init, content_ids(train_examples, tokenizer),
+                              good_turing=config.head_vocab == "train")
+    if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
+        set_dropout(model, config.dropout)
+    objective = objective_type(model, tokenizer, config, train_examples)
+    return objective, model, tokenizer, train_examples, eval_examples, head_init
+
+
+def _finish(run: _Run, stopper: Callback | None, last_eval: dict | None, objective: Objective, model, tokenizer,
+            eval_examples: Examples) -> TrainResult:
+    """After the loop: the checkpoint of a stop, the final evaluation and model, the `end` record."""
+    config, out = run.config, run.out
     if stopper is not None:
         run.save(model, tokenizer, run.step)
         run.emit({"step": run.step, "event": STOPPED, "reason": stopper.reason})
@@ -393,7 +417,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
             last_eval = objective.evaluate(eval_examples, run.step)
             run.emit(last_eval)
     final = None
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     if run.is_main:
         final = save_model(model, tokenizer, out / FINAL_MODEL, extra={TRAINING_CONFIG_FILE: dataclasses.asdict(config)})
         run.emit({"step": run.step, "event": END, "final_model": FINAL_MODEL})
