@@ -30,7 +30,7 @@ from tdlib.errors import check
 
 KINDS = ("toy", "text")
 RUN_NAMES = {"toy": "course-toy", "text": "course-text"}
-PRESETS = {"toy": "toy", "text": "cpu"}  # what notebook 02 trains for each kind
+COURSE_PRESETS = {"toy": "toy", "text": "cpu"}  # the training preset notebook 02 uses for each kind
 TEXT_DATA_ENV = "TDLIB_DATA_DIR"  # a folder with WikiText-2's train/valid/test: real text becomes the original data
 RUN_ENV = "TDLIB_COURSE_RUN"  # a run directory the learner names instead of the course models
 SMOKE_OVERRIDES = {  # seconds-long stand-ins, one per kind
@@ -77,8 +77,8 @@ def _recipe(kind: str, smoke: bool) -> tuple[str, dict]:
     """The preset a course model trains with, and the fields where it differs from that preset."""
     check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
     if smoke:
-        return ("smoke" if kind == "text" else PRESETS[kind]), dict(SMOKE_OVERRIDES[kind])
-    return PRESETS[kind], (real_text_source() if kind == "text" else {})
+        return ("smoke" if kind == "text" else COURSE_PRESETS[kind]), dict(SMOKE_OVERRIDES[kind])
+    return COURSE_PRESETS[kind], (real_text_source() if kind == "text" else {})
 
 
 def course_config(kind: str = "toy", *, smoke: bool = False, **overrides):
