@@ -11,8 +11,8 @@ What a training run leaves in its ``output_dir`` (the run directory):
 - ``final-model/``: the model at the end;
 - ``metrics.jsonl``: one JSON record per line, each with a ``step``; `tdlib.runlog`
   writes and reads it;
-- ``.lock`` and ``.lock.holder``: the lock a training process holds on the run
-  directory (`hold_run_dir`), and who holds it.
+- ``.lock``: while a process trains in the run directory, the file it holds
+  locked (`hold_run_dir`), naming it.
 
 This module reads and writes the other files: it validates a model directory,
 lists and resolves checkpoints, saves and restores the trainer state. It does
@@ -43,8 +43,7 @@ LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpo
 STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step and seconds trained
 TRAINING_CONFIG_FILE = "training_config.json"  # beside each checkpoint and the final model: the TrainConfig
 FINAL_MODEL = "final-model"  # the run directory's model at the end
-LOCK_FILE = ".lock"  # locked (flock, through filelock) by the one process training in the run directory
-HOLDER_FILE = ".lock.holder"  # beside the lock: the holder's pid, host and start time, for the refusal message
+LOCK_FILE = ".lock"  # locked (flock) by the one process training in the run directory; says who it is
 logger = logging.getLogger(__name__)  # without handlers, warnings go to stderr as bare lines
 
 
@@ -199,55 +198,68 @@ def training_config(model_dir: str | Path) -> dict:
 def hold_run_dir(run_dir: Path) -> Iterator[None]:
     """Hold the run directory's lock while the body runs: one training process per run directory.
 
-    Another process holding it is a `UserError` naming it, raised before anything
-    is written. The lock is the operating system's (``flock``), so it goes when
-    its process does, however it ends: a run killed with SIGKILL leaves no stale
-    lock, only a stale holder file that the next holder overwrites.
+    The lock is the operating system's (``flock`` on `LOCK_FILE`), so it goes
+    with its process however that ends: a run killed with SIGKILL leaves at most
+    a stale file, never a held lock. Another process holding it is a `UserError`
+    naming that process (its pid, host and start, which the holder writes into
+    the file), raised before anything is written. The file is removed on release,
+    so a finished run leaves nothing behind. Without ``fcntl`` (Windows) nothing
+    is locked.
     """
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(run_dir / LOCK_FILE, timeout=0)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        yield
+        return
+    path = run_dir / LOCK_FILE
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"{run_dir} is in use: {_holder(run_dir)} is training in it; wait for it to end (or stop "
-                        f"it), or choose another --output-dir") from None
+        fd = _lock(path, fcntl)
     except OSError as exc:
         raise UserError(f"cannot write to --output-dir {run_dir}: {exc.strerror}; choose a writable folder") from None
+    if fd is None:
+        raise UserError(f"{run_dir} is in use: {_holder(path)} is training in it; wait for it to end (or stop it), "
+                        f"or choose another --output-dir")
     try:
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        atomic_write_text(run_dir / HOLDER_FILE, json.dumps(holder) + "\n")
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
         yield
     finally:
-        (run_dir / HOLDER_FILE).unlink(missing_ok=True)
-        lock.release()
+        path.unlink(missing_ok=True)  # before letting go: whoever locks next locks a new file
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
-def _holder(run_dir: Path, wait_s: float = 2.0) -> str:
-    """Who holds the run directory's lock, from its holder file (the holder writes it just after locking)."""
+def _lock(path: Path, fcntl) -> int | None:
+    """The descriptor of ``path``, locked and emptied; None when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)  # the holder removed the file as we locked it: lock the new one
+
+
+def _holder(path: Path, wait_s: float = 2.0) -> str:
+    """Who holds the lock, as its file says (the holder writes it just after locking)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            holder = json.loads((run_dir / HOLDER_FILE).read_text())
-            pid, host, since = int(holder["pid"]), str(holder["host"]), str(holder["since"])
+            holder = json.loads(path.read_text())
+            return f"process {int(holder['pid'])} on {holder['host']} (since {holder['since']})"
         except (OSError, ValueError, KeyError, TypeError):
-            pid = None
-        if pid is not None and (host != socket.gethostname() or _alive(pid)):
-            return f"process {pid} on {host} (since {since})"
-        if time.monotonic() > deadline:
-            return "another process"
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            if time.monotonic() > deadline:
+                return "another process"
+            time.sleep(0.05)
 
 
 def check_output_dir(out: Path, resume: bool) -> None:

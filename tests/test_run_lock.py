@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tdlib.checkpoint import HOLDER_FILE, hold_run_dir
+from tdlib.checkpoint import LOCK_FILE, hold_run_dir
 from tdlib.cli import main
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -33,15 +33,16 @@ def test_two_trainings_started_together_one_trains_the_other_is_refused(tmp_path
     assert len(lines) == 1 and lines[0].startswith("error:") and f"process {winner.pid} " in lines[0], refused
     events = [json.loads(line).get("event") for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert events.count("start") == 1 and events.count("end") == 1
-    assert not (out / HOLDER_FILE).exists()  # the winner let go of the run at its end
+    assert not (out / LOCK_FILE).exists()  # the winner let go of the run at its end
 
 
 def test_resume_into_a_held_run_is_refused_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     with hold_run_dir(out):
-        before = sorted(p.name for p in out.iterdir())
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
         assert main(["train", "--preset", "smoke", "--resume", "--output-dir", str(out), "--quiet"]) == 2
-        assert sorted(p.name for p in out.iterdir()) == before  # no checkpoint, no metrics line
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no checkpoint, no metrics line
+    assert not any(out.iterdir())  # and the lock's file goes with the lock
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and f"process {os.getpid()} " in err[0]
     assert "is in use" in err[0]
@@ -55,12 +56,12 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (out / HOLDER_FILE).exists()  # what a kill -9 leaves: the holder file, not the lock
+    assert (out / LOCK_FILE).exists()  # what a kill -9 leaves: the file, not the lock
     started = time.monotonic()
     with hold_run_dir(out):
-        assert json.loads((out / HOLDER_FILE).read_text())["pid"] == os.getpid()
+        assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
     assert time.monotonic() - started < 5
-    assert not (out / HOLDER_FILE).exists()
+    assert not (out / LOCK_FILE).exists()
 
 
 def test_the_lock_is_let_go_on_an_error_inside(tmp_path):
