@@ -41,16 +41,16 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 
 def timed_checkpoints(run: Path) -> dict[float, tuple[Path, int, float]]:
     """Budget seconds -> (model directory, steps, training seconds) of a run trained with ``lr_over_time``."""
-    from tdlib.plots import read_metrics
+    from tdlib.runlog import CHECKPOINT, START, read_metrics
 
     records = read_metrics(run)
     found = {}
     for r in records:
-        if r.get("event") == "checkpoint":
+        if r.get("event") == CHECKPOINT:
             for at in r["at_s"]:
                 found[float(at)] = (run / r["checkpoint"], int(r["step"]), float(r["elapsed_s"]))
     last = [r for r in records if "loss" in r][-1]
-    budget = float(next(r for r in records if r.get("event") == "start")["config"]["time_budget_s"])
+    budget = float(next(r for r in records if r.get("event") == START)["config"]["time_budget_s"])
     found[budget] = (run / "final-model", int(last["step"]), float(last["elapsed_s"]))
     return found
 

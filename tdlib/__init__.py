@@ -27,12 +27,17 @@ Core, training (a run flows corpus -> examples -> collator -> loop -> checkpoint
                       training collator and its masking modes, the mask ratios
 - `tdlib.objectives`  what the loop minimises, each with its batches and evaluation:
                       the masked diffusion loss and its weightings, the causal baseline
-- `tdlib.train`       the settings (`TrainConfig`, whose defaults are the original
-                      experiment, and `PRESETS`), the learning-rate schedule, the loop
+- `tdlib.config`      the settings: `TrainConfig`, whose defaults are the original
+                      experiment, and the training `PRESETS`
+- `tdlib.train`       the learning-rate schedule and the loop; it holds the run directory's
+                      lock while it trains
 - `tdlib.callbacks`   hooks into the loop: the clock budget, SIGTERM, the progress bar,
                       watchers of metrics records
 - `tdlib.checkpoint`  the run directory on disk: checkpoints, the `latest` file, the
-                      resume state, `metrics.jsonl`; validating and resolving checkpoints
+                      resume state, the lock of the one process training in it;
+                      validating and resolving checkpoints
+- `tdlib.runlog`      a run's `metrics.jsonl`: its writer, its reader, the event names
+                      and whether the run has ended
 
 Core, generation:
 

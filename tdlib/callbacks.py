@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from tdlib.runlog import CHECKPOINT
+
 
 class Loop(Protocol):
     """What a callback sees of the running loop."""
@@ -119,7 +121,7 @@ class ClockBudget(Callback):
     def on_checkpoint(self, loop: Loop, path: Path) -> None:
         """Record which seconds marks the checkpoint answers."""
         if self.due_s:
-            loop.emit({"step": loop.step, "event": "checkpoint", "at_s": self.due_s, "checkpoint": path.name,
+            loop.emit({"step": loop.step, "event": CHECKPOINT, "at_s": self.due_s, "checkpoint": path.name,
                        "elapsed_s": loop.elapsed_s()})
 
     def wants_stop(self, loop: Loop) -> bool:

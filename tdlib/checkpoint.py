@@ -9,12 +9,14 @@ What a training run leaves in its ``output_dir`` (the run directory):
   looks complete;
 - ``latest``: a plain file naming the newest checkpoint (no symlink);
 - ``final-model/``: the model at the end;
-- ``metrics.jsonl``: one JSON record per line, each with a ``step``.
+- ``metrics.jsonl``: one JSON record per line, each with a ``step``; `tdlib.runlog`
+  writes and reads it;
+- ``.lock``: while a process trains in the run directory, the file it holds
+  locked (`hold_run_dir`), naming it.
 
-This module reads and writes those files: it validates a model directory,
-lists and resolves checkpoints, saves and restores the trainer state, keeps the
-metrics log. It does not build networks (`tdlib.model`) and does not train
-(`tdlib.train`).
+This module reads and writes the other files: it validates a model directory,
+lists and resolves checkpoints, saves and restores the trainer state. It does
+not build networks (`tdlib.model`) and does not train (`tdlib.train`).
 """
 
 from __future__ import annotations
@@ -24,21 +26,24 @@ import json
 import logging
 import os
 import shutil
+import socket
 import struct
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from tdlib.errors import UserError, check
+from tdlib.runlog import FINAL_EVENTS, METRICS_FILE  # noqa: F401 (tdlib.widgets still imports them from here)
 
 LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpoint
 STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step and seconds trained
 TRAINING_CONFIG_FILE = "training_config.json"  # beside each checkpoint and the final model: the TrainConfig
-METRICS_FILE = "metrics.jsonl"  # a run directory's metrics log, one JSON record per line
 FINAL_MODEL = "final-model"  # the run directory's model at the end
-FINAL_EVENTS = ("end", "stopped", "interrupted")  # the events of a run's last metrics record
+LOCK_FILE = ".lock"  # locked (flock) by the one process training in the run directory; says who it is
 logger = logging.getLogger(__name__)  # without handlers, warnings go to stderr as bare lines
 
 
@@ -189,6 +194,74 @@ def training_config(model_dir: str | Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock while the body runs: one training process per run directory.
+
+    The lock is the operating system's (``flock`` on `LOCK_FILE`), so it goes
+    with its process however that ends: a run killed with SIGKILL leaves at most
+    a stale file, never a held lock. Another process holding it is a `UserError`
+    naming that process (its pid, host and start, which the holder writes into
+    the file), raised before anything is written. The file is removed on release,
+    so a finished run leaves nothing behind. Without ``fcntl`` (Windows) nothing
+    is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = _lock(path, fcntl)
+    except OSError as exc:
+        raise UserError(f"cannot write to --output-dir {run_dir}: {exc.strerror}; choose a writable folder") from None
+    if fd is None:
+        raise UserError(f"{run_dir} is in use: {_holder(path)} is training in it; wait for it to end (or stop it), "
+                        f"or choose another --output-dir")
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before letting go: whoever locks next locks a new file
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _lock(path: Path, fcntl) -> int | None:
+    """The descriptor of ``path``, locked and emptied; None when another process holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            return fd
+        os.close(fd)  # the holder removed the file as we locked it: lock the new one
+
+
+def _holder(path: Path, wait_s: float = 2.0) -> str:
+    """Who holds the lock, as its file says (the holder writes it just after locking)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads(path.read_text())
+            return f"process {int(holder['pid'])} on {holder['host']} (since {holder['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() > deadline:
+                return "another process"
+            time.sleep(0.05)
+
+
 def check_output_dir(out: Path, resume: bool) -> None:
     """Make sure ``out`` is writable, and that it holds no run unless resuming."""
     try:
@@ -255,27 +328,3 @@ def restore_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) ->
         ) from None
     return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
-
-class MetricsLog:
-    """Append-only ``metrics.jsonl`` that drops records past a resume point."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a kill
-                if record.get("step", 0) <= resume_step and record.get("event") != "end":
-                    kept.append(line)
-            atomic_write_text(path, "".join(k + "\n" for k in kept))
-        elif resume_step is None and path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        """Append one record as a line of JSON."""
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()

@@ -24,12 +24,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdlib.checkpoint import FINAL_EVENTS, FINAL_MODEL, METRICS_FILE
+from tdlib import runlog
+from tdlib.checkpoint import FINAL_MODEL
 from tdlib.errors import check
 
 KINDS = ("toy", "text")
 RUN_NAMES = {"toy": "course-toy", "text": "course-text"}
-PRESETS = {"toy": "toy", "text": "cpu"}  # what notebook 02 trains for each kind
+COURSE_PRESETS = {"toy": "toy", "text": "cpu"}  # the training preset notebook 02 uses for each kind
 TEXT_DATA_ENV = "TDLIB_DATA_DIR"  # a folder with WikiText-2's train/valid/test: real text becomes the original data
 RUN_ENV = "TDLIB_COURSE_RUN"  # a run directory the learner names instead of the course models
 SMOKE_OVERRIDES = {  # seconds-long stand-ins, one per kind
@@ -52,8 +53,8 @@ def run_dir(kind: str, *, smoke: bool = False) -> Path:
     return runs_dir() / (RUN_NAMES[kind] + ("-smoke" if smoke else ""))
 
 
-def finished(directory: str | Path) -> bool:
-    """Whether a run directory holds its final model."""
+def has_final_model(directory: str | Path) -> bool:
+    """Whether a run directory holds its final model (`tdlib.runlog.finished` says whether its run has ended)."""
     return (Path(directory) / FINAL_MODEL).is_dir()
 
 
@@ -76,8 +77,8 @@ def _recipe(kind: str, smoke: bool) -> tuple[str, dict]:
     """The preset a course model trains with, and the fields where it differs from that preset."""
     check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
     if smoke:
-        return ("smoke" if kind == "text" else PRESETS[kind]), dict(SMOKE_OVERRIDES[kind])
-    return PRESETS[kind], (real_text_source() if kind == "text" else {})
+        return ("smoke" if kind == "text" else COURSE_PRESETS[kind]), dict(SMOKE_OVERRIDES[kind])
+    return COURSE_PRESETS[kind], (real_text_source() if kind == "text" else {})
 
 
 def course_config(kind: str = "toy", *, smoke: bool = False, **overrides):
@@ -137,10 +138,10 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
     named = run if run is not None else os.environ.get(RUN_ENV)
     if named:
         directory = Path(named).expanduser()
-        check(finished(directory), f"{directory} holds no {FINAL_MODEL}/: name a finished run directory")
+        check(has_final_model(directory), f"{directory} holds no {FINAL_MODEL}/: name a finished run directory")
         return _open(directory, f"using the run you named: {directory}")
     directory = run_dir(kind, smoke=smoke)
-    if finished(directory):
+    if has_final_model(directory):
         return _open(directory, f"using the {kind} course model in {directory}")
     if kind == "toy" or smoke:
         minutes = "seconds" if smoke else "about 4 minutes on 2 cores"
@@ -149,8 +150,8 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
         train(course_config(kind, smoke=smoke), progress=not smoke)
         return _open(directory, f"using the {kind} course model just trained in {directory}")
     stand_in = run_dir("text", smoke=True)
-    state = "is still training" if (directory / METRICS_FILE).is_file() else "does not exist"
-    if not finished(stand_in):
+    state = "is still training" if (directory / runlog.METRICS_FILE).is_file() else "does not exist"
+    if not has_final_model(stand_in):
         _fresh(stand_in)
         train(course_config("text", smoke=True), progress=False)
     return _open(stand_in, f"the real-text course model {directory} {state} (notebook 02 starts it: "
@@ -162,7 +163,7 @@ def _fresh(directory: Path) -> None:
     """Clear an unfinished run directory (never a finished one) so a new run can start there."""
     import shutil
 
-    check(not finished(directory), f"{directory} holds a finished model; refusing to overwrite it")
+    check(not has_final_model(directory), f"{directory} holds a finished model; refusing to overwrite it")
     shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -186,11 +187,9 @@ def _open(directory: Path, note: str, *, warn: bool = False) -> CourseModel:
 
 def _steps_trained(directory: Path) -> int | str:
     """The step at which the final model was saved: the last end-of-run record (a resumed run may be writing more)."""
-    from tdlib.plots import read_metrics, train_records
-
-    if not (directory / METRICS_FILE).is_file():
+    if not (directory / runlog.METRICS_FILE).is_file():
         return "?"
-    records = read_metrics(directory)
-    ends = [r["step"] for r in records if r.get("event") in FINAL_EVENTS]
-    steps = [r["step"] for r in train_records(records)]
+    records = runlog.read_metrics(directory)
+    ends = [r["step"] for r in runlog.events(records, runlog.FINAL_EVENTS)]
+    steps = [r["step"] for r in runlog.train_records(records)]
     return ends[-1] if ends else max(steps) if steps else "?"

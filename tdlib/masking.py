@@ -42,7 +42,7 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        check(False, f"--mask-probs must be comma-separated numbers such as 1.0,0.5,0.1, got {text!r}")
+        check(False, f"--mask-ratios must be comma-separated numbers such as 1.0,0.5,0.1, got {text!r}")
     return check_ratios(values)
 
 

@@ -299,11 +299,20 @@ def max_sequence_length(model) -> int | None:
     return limit
 
 
+def uses_bf16(device: torch.device | None = None) -> bool:
+    """Whether to compute in bf16 on ``device`` (default: the GPU if there is one).
+
+    Only on a CUDA GPU that supports it (Ampere or newer; older GPUs stay fp32);
+    never on CPU, where it is many times slower without bf16 instructions.
+    """
+    if device is None:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def autocast(device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on CPU (many times slower there without bf16 instructions)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():  # Ampere or newer; older GPUs stay fp32
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    """bf16 autocast where `uses_bf16` says so; nothing otherwise."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if uses_bf16(device) else nullcontext()
 
 
 def as_denoiser(model, masked_only: bool = False) -> Denoiser:

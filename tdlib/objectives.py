@@ -14,7 +14,8 @@ Two objectives (`OBJECTIVES`): ``diffusion``, the masked diffusion loss
 (`MaskedDiffusionLoss`, weighted ``uniform``, ``elbo`` or ``count``, optionally
 with the softmax over the training text's tokens only), and ``causal``, the
 autoregressive baseline (`CausalLoss`: next-token cross-entropy). This module
-does not run the loop (`tdlib.train`) and does not noise tokens itself
+does not run the loop (`tdlib.train`; it reads the loop's settings through
+`Settings`, without importing them) and does not noise tokens itself
 (`tdlib.masking`).
 """
 
@@ -41,13 +42,30 @@ from tdlib.model import as_denoiser, build_causal_model, load_causal, load_model
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-    from tdlib.train import TrainConfig
-
     Network = tuple[PreTrainedModel, PreTrainedTokenizerFast]  # a model and its tokenizer
 
 WEIGHTINGS = ("uniform", "elbo", "count")  # how the masked CE is weighted (see MaskedDiffusionLoss)
 HEAD_VOCABS = ("all", "train")  # the training softmax over every token, or the training text's tokens
 EVAL_SEED = 1234  # the masks of every evaluation during training
+
+
+class Settings(Protocol):
+    """The training settings an objective reads; a `tdlib.train.TrainConfig` has them (and more)."""
+
+    model_name: str
+    scratch: dict
+    causal: dict
+    dataset: str
+    max_length: int
+    prefix_length: int
+    ratios: tuple[float, ...]
+    masking: str
+    loss_weighting: str
+    head_vocab: str
+    freeze_embeddings: bool
+    freeze_layers: int
+    batch_size: int
+    seed: int
 
 
 class Objective(Protocol):
@@ -140,7 +158,7 @@ class CausalLoss(torch.nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
 
 
-def load_masked_lm(config: TrainConfig, train_lines: list[str]) -> Network:
+def load_masked_lm(config: Settings, train_lines: list[str]) -> Network:
     """The masked LM ``config.model_name`` names, on the CPU, and its tokenizer."""
     scratch = {}
     if config.model_name == "scratch":  # the corpus's own tokenizer (the toy language's), else a new BPE
@@ -156,7 +174,7 @@ class MaskedDiffusion:
     softmax to the training text's tokens (``head_vocab="train"``).
     """
 
-    def __init__(self, model, tokenizer, config: TrainConfig, train_examples: Examples):
+    def __init__(self, model, tokenizer, config: Settings, train_examples: Examples):
         if config.freeze_embeddings or config.freeze_layers:
             freeze_bottom(model, config.freeze_embeddings, config.freeze_layers)
         vocab_ids = torch.unique(content_ids(train_examples, tokenizer)) if config.head_vocab == "train" else None
@@ -168,7 +186,7 @@ class MaskedDiffusion:
         self.tokenizer, self.config = tokenizer, config
 
     @staticmethod
-    def load_network(config: TrainConfig, train_lines: list[str], resume_from: Path | None) -> Network:
+    def load_network(config: Settings, train_lines: list[str], resume_from: Path | None) -> Network:
         """(model, tokenizer): the checkpoint's to resume, else the masked LM the config names."""
         if resume_from is not None:
             return load_model(str(resume_from), device="cpu")
@@ -209,12 +227,12 @@ class CausalBaseline:
 
     head_vocab = None  # its softmax always runs over the whole vocabulary
 
-    def __init__(self, model, tokenizer, config: TrainConfig, train_examples: Examples):
+    def __init__(self, model, tokenizer, config: Settings, train_examples: Examples):
         self.loss = CausalLoss(model)
         self.tokenizer, self.config = tokenizer, config
 
     @staticmethod
-    def load_network(config: TrainConfig, train_lines: list[str], resume_from: Path | None) -> Network:
+    def load_network(config: Settings, train_lines: list[str], resume_from: Path | None) -> Network:
         """(model, tokenizer): the checkpoint's to resume, else a new GPT-2 shaped like the named masked LM."""
         if resume_from is not None:
             return load_causal(resume_from)

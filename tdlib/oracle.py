@@ -42,7 +42,7 @@ def _normalise(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return a / torch.where(total > 0, total, torch.ones_like(total)), total[..., 0]
 
 
-def _draw(probs: torch.Tensor, given: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def _draw_rows(probs: torch.Tensor, given: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One draw from row ``given[n]`` of ``probs`` (K, V) for every n, shape (N,): one call per distinct row."""
     out = torch.empty_like(given)
     for k in given.unique().tolist():
@@ -95,7 +95,7 @@ class HiddenMarkovModel:
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Draw ``num`` token sequences of ``length`` from the start, shape (num, length); with their states on request."""
         z = self.sample_states(num, length, generator)  # (num, length)
-        x = _draw(self.emission, z.flatten(), generator).view_as(z)  # (num, length)
+        x = _draw_rows(self.emission, z.flatten(), generator).view_as(z)  # (num, length)
         return (x, z) if return_states else x
 
     def all_sequences(self, length: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Matplotlib figures of what training and sampling return.
 
-Each function takes plain data (metrics records read from `metrics.jsonl`,
+Each function takes plain data (metrics records, read by `tdlib.runlog`,
 schedule names, or the rows of a quality-versus-steps sweep) and returns a
 `matplotlib.figure.Figure` built without pyplot, so nothing leaks into pyplot's
 global state and a figure lives only as long as you hold it. Jupyter displays
@@ -13,63 +13,19 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from matplotlib import cm, colors
 from matplotlib.figure import Figure
 
-from tdlib.checkpoint import METRICS_FILE
-from tdlib.errors import UserError, check
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Read the records of a run's `metrics.jsonl` (a file or its run directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    check(path.is_file(), f"no metrics file at {path}; pass a run directory or its {METRICS_FILE}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break  # the writer was killed or is mid-line: the last line may be cut short
-            raise UserError(
-                f"{path}:{number} is not valid JSON ({err.msg}); fix or remove that line"
-            ) from err
-    return records
+from tdlib.errors import check
+from tdlib.runlog import eval_records, read_metrics, train_records
 
 
 def run_figure(run_dir: str | Path, *, log_scale: bool = False) -> Figure:
     """Training loss and eval loss by mask ratio of a run directory (or its metrics file)."""
     return run_summary_figure(read_metrics(run_dir), log_scale=log_scale)
-
-
-def eval_records(records: Iterable[dict]) -> list[dict]:
-    """The evaluation records (those carrying `eval_loss_by_ratio`), in file order."""
-    return [r for r in records if "eval_loss_by_ratio" in r]
-
-
-def train_records(records: Iterable[dict]) -> list[dict]:
-    """The training records (those carrying `loss`), in file order."""
-    return [r for r in records if "loss" in r]
-
-
-def training_seconds(records: Iterable[dict]) -> float:
-    """Seconds a run spent training, over all its sessions: a resumed run's clock starts again at each resume."""
-    total, last = 0.0, 0.0
-    for record in records:
-        if record.get("event") == "resume":
-            total, last = total + last, 0.0
-        elif "elapsed_s" in record:
-            last = record["elapsed_s"]
-    return total + last
 
 
 def _ratios(evals: Sequence[dict]) -> list[float]:

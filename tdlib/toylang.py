@@ -37,7 +37,6 @@ from collections.abc import Sequence
 
 import torch
 
-from tdlib.evaluate import LN2
 from tdlib.oracle import HiddenMarkovModel
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, never emitted
@@ -283,7 +282,7 @@ class ToyLanguage:
         nats = float(-self.log_prob(input_ids).sum())
         tokens = int(self._content(input_ids.cpu())[1].sum())
         return {
-            "bits_per_char": nats / LN2 / num_characters,
+            "bits_per_char": nats / math.log(2.0) / num_characters,
             "nats_per_token": nats / tokens,
             "nats": nats,
             "tokens": tokens,
@@ -304,10 +303,10 @@ class ToyLanguage:
         return {
             "nats_per_token": est["nats_per_token"],
             "nats_per_token_stderr": est["nats_per_token_stderr"],
-            "bits_per_token": est["nats_per_token"] / LN2,
-            "bits_per_token_stderr": est["nats_per_token_stderr"] / LN2,
-            "bits_per_char": est["nats_per_unit"] / LN2,
-            "bits_per_char_stderr": est["nats_per_unit_stderr"] / LN2,
+            "bits_per_token": est["nats_per_token"] / math.log(2.0),
+            "bits_per_token_stderr": est["nats_per_token_stderr"] / math.log(2.0),
+            "bits_per_char": est["nats_per_unit"] / math.log(2.0),
+            "bits_per_char_stderr": est["nats_per_unit_stderr"] / math.log(2.0),
             "tokens": est["tokens"],
         }
 

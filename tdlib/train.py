@@ -7,13 +7,14 @@ CPU, one GPU (bf16 autocast, fused AdamW) or several processes under
 dropout at step k depend only on ``(seed, k)``, so a run killed after a
 checkpoint and resumed ends with the same weights as one that never stopped.
 
-This module holds the settings (`TrainConfig`, `PRESETS`: the defaults are the
-original experiment), the learning-rate schedule and the loop. It knows no
+This module holds the learning-rate schedule and the loop; the settings
+(`TrainConfig`, `PRESETS`: the defaults are the original experiment) are
+`tdlib.config`'s, imported here too. It knows no
 network and no loss by name: the head's start, dropout and frozen layers are
 `tdlib.heads`, the losses and batches `tdlib.objectives`, the run directory's
-files (checkpoints, ``latest``, the resume state, ``metrics.jsonl``)
-`tdlib.checkpoint`, and the clock budget, SIGTERM and the progress bar
-`tdlib.callbacks`. It does not draw (callbacks receive every metrics record, so
+files (checkpoints, ``latest``, the resume state) `tdlib.checkpoint`,
+``metrics.jsonl`` `tdlib.runlog`, and the clock budget, SIGTERM and the progress
+bar `tdlib.callbacks`. It does not draw (callbacks receive every metrics record, so
 `tdlib.widgets.LiveLossView` can draw them) and it does not sample.
 """
 
@@ -24,7 +25,8 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,155 +34,24 @@ import torch
 from tdlib.callbacks import Callback, ClockBudget, ProgressBar, SigtermStop, as_callback
 from tdlib.checkpoint import (
     FINAL_MODEL,
-    METRICS_FILE,
     STATE_FILE,
     TRAINING_CONFIG_FILE,
-    MetricsLog,
     check_output_dir,
     checkpoint_to_resume,
+    hold_run_dir,
     latest_name,
     mark_latest,
     restore_trainer_state,
     trainer_state,
 )
-from tdlib.data import EXAMPLE_MODES, Examples, get_split, load_corpus, make_examples
+from tdlib.config import PRESETS, TrainConfig, preset  # noqa: F401 (PRESETS: callers import it from here)
+from tdlib.data import Examples, get_split, load_corpus, make_examples
 from tdlib.errors import UserError, check
-from tdlib.heads import HEAD_INITS, init_head, param_groups, set_dropout
-from tdlib.masking import MASKING_MODES, ORIGINAL_RATIOS, check_ratios, content_ids
-from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model
-from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS, Objective
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; the defaults are the original experiment (the `seed` preset)."""
-
-    objective: str = "diffusion"  # "diffusion" (masked) or "causal" (the autoregressive baseline)
-    model_name: str = "roberta-base"  # "minilm" (packaged), "scratch", a hub id or a local directory
-    dataset: str = "wikitext-2"  # see tdlib.data.load_corpus
-    data_dir: str | None = None  # a folder holding the dataset's train.txt/valid.txt/test.txt (else the hub)
-    corpus_size: int | None = None  # training lines of a generated corpus (the toy language; None: 50,000)
-    example_mode: str = "lines"  # "lines" (one example per line, padded) or "packed" (full blocks)
-    max_length: int = 128  # tokens per example, special tokens included
-    prefix_length: int = 5  # content tokens at the start never masked (the prompt)
-    ratios: tuple[float, ...] = ORIGINAL_RATIOS  # mask ratios for the "batch"/"example" masking modes
-    masking: str = "batch"  # one t per "batch" or "example" from ratios, "continuous" t ~ U(eps, 1) or "stratified"
-    loss_weighting: str = "uniform"  # "uniform" (plain MLM), "elbo" (1/t) or "count" ((n+1)/m)
-    epochs: float = 3.0  # passes over the training examples (3 x 23,767 lines / 16 = 4,458 steps)
-    max_steps: int | None = None  # overrides epochs when set
-    batch_size: int = 16  # examples per optimizer step (over all processes)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    learning_rate: float = 5e-5  # AdamW's peak learning rate
-    warmup_steps: int = 500  # linear warmup to the peak, then linear decay to 0
-    weight_decay: float = 0.01  # AdamW's, on weight matrices only
-    max_grad_norm: float = 1.0  # gradients are clipped to this norm
-    log_steps: int = 10  # a training record every N steps
-    eval_steps: int = 500  # an evaluation record every N steps
-    eval_examples: int = 512  # validation examples scored at each evaluation
-    save_steps: int = 1000  # a checkpoint every N steps
-    save_total_limit: int | None = 2  # checkpoints kept (None: all)
-    save_at: tuple[int, ...] = ()  # extra steps to checkpoint at (benchmarks score them afterwards)
-    output_dir: str = "runs/default"  # the run directory
-    seed: int = 42  # the random seed: data order, masks, dropout, new weights
-    scratch: dict = field(default_factory=dict)  # options for a "scratch" model (hidden_size, ...)
-    causal: dict = field(default_factory=dict)  # sizes of the causal baseline (n_layer, n_embd, n_head)
-    time_budget_s: float | None = None  # stop (and save) after this many seconds of training
-    # train for time_budget_s seconds with the learning rate decaying to zero over them (the step count, max_steps or
-    # epochs, is ignored) and end there normally: equal time for runs whose steps cost differently, and a decayed
-    # schedule on any machine (not reproducible step for step: it follows the clock)
-    lr_over_time: bool = False
-    save_at_s: tuple[float, ...] = ()  # with lr_over_time: checkpoint at the first step past each of these seconds
-    # a new LM head's start: "random" (as built), "unigram" (output bias = log unigram frequencies of the train
-    # tokens) or "identity" (the unigram bias, and the head's transform starts as a shifted identity map)
-    head_init: str = "random"
-    head_lr_scale: float = 1.0  # learning-rate multiplier for the LM head's own parameters (not tied embeddings)
-    # the masked model's training softmax: over "all" tokens, or ("train") only those in the training text, the only
-    # possible labels (a cheaper head; evaluation, sampling and the saved model keep the whole vocabulary)
-    head_vocab: str = "all"
-    dropout: float | None = None  # None keeps the model's own dropout; 0.0 turns it off for short runs
-    # a cheaper step for a pretrained start (the masked model only: the causal baseline starts from scratch)
-    freeze_embeddings: bool = False  # keep the input embeddings (and an output layer tied to them) fixed
-    freeze_layers: int = 0  # keep the lowest N transformer layers fixed
-
-    def validate(self) -> TrainConfig:
-        """Check every value; raise UserError naming the flag to fix."""
-        check(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}")
-        check(self.example_mode in EXAMPLE_MODES, f"unknown example mode {self.example_mode!r}")
-        check(self.masking in MASKING_MODES, f"unknown masking mode {self.masking!r}")
-        check(self.loss_weighting in WEIGHTINGS, f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}")
-        check_ratios(self.ratios)
-        check(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
-        check(self.corpus_size is None or self.corpus_size >= 1, f"--corpus-size must be >= 1, got {self.corpus_size}")
-        check(self.prefix_length >= 0, f"--prefix-length must be >= 0, got {self.prefix_length}")
-        check(
-            self.prefix_length <= self.max_length - 3,
-            f"--prefix-length {self.prefix_length} leaves nothing to learn in --max-length {self.max_length}",
-        )
-        check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        check(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
-              f"--batch-size {self.batch_size} must be a multiple of the gradient accumulation {self.grad_accum}")
-        check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be > 0")
-        check(self.warmup_steps >= 0, "--warmup-steps must be >= 0")
-        check(self.epochs > 0, "--epochs must be > 0")
-        check(self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1")
-        check(self.eval_steps >= 1 and self.save_steps >= 1 and self.log_steps >= 1,
-              "--eval-steps, --save-steps and log steps must be >= 1")
-        check(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
-        check(0 <= self.seed < 2**32, f"--seed must be in 0 .. {2**32 - 1}, got {self.seed}")
-        check(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
-        check(not self.lr_over_time or (self.time_budget_s is not None and 0 < self.time_budget_s < math.inf),
-              "--lr-over-time needs a finite --time-budget > 0 to decay over")
-        check(not self.save_at_s or self.lr_over_time, "checkpoints by seconds (save_at_s) need --lr-over-time")
-        check(all(0 < s for s in self.save_at_s), "save_at_s must be positive seconds")
-        check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
-        check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
-        check(self.head_vocab in HEAD_VOCABS, f"--head-vocab must be one of {', '.join(HEAD_VOCABS)}")
-        check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
-        check(self.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {self.freeze_layers}")
-        return self
-
-
-PRESETS: dict[str, dict] = {  # each preset lists only where it differs from the TrainConfig defaults
-    # the original experiment: roberta-base on WikiText-2 raw, 3 epochs = 4,458 steps at batch 16
-    "seed": {},
-    # offline, about 10 minutes on a 2-core laptop; settings chosen by measurement (docs/cpu_preset.md)
-    "cpu": dict(
-        model_name="minilm", dataset="pydoc", example_mode="packed", masking="stratified", loss_weighting="elbo",
-        max_steps=560, batch_size=4, learning_rate=2e-4, warmup_steps=28, eval_steps=140, save_steps=140,
-        head_init="identity", head_lr_scale=10.0, dropout=0.0,  # docs/cpu_preset.md, rounds 4 (embeddings train) and 6
-        eval_examples=32, time_budget_s=900.0,  # a slow laptop stops (and saves) at 15 minutes
-    ),
-    # the toy language (tdlib.toylang) on 2 cores in about 4 minutes: a small convolutional network learns it to
-    # within a few per cent of its true entropy and writes grammatical sentences (docs/toy_preset.md)
-    "toy": dict(
-        model_name="scratch", dataset="toy", max_length=48, prefix_length=0, masking="stratified",
-        loss_weighting="count", max_steps=2000, batch_size=64, learning_rate=3e-3, warmup_steps=50, eval_steps=250,
-        save_steps=250, eval_examples=256, time_budget_s=300.0,  # a slow laptop stops (and saves) at 5 minutes
-        scratch=dict(architecture="conv", hidden_size=128, num_layers=4, kernel_size=5),
-    ),
-    # with a network, about 15 minutes on 2 cores: the original experiment's data and a pretrained masked LM that keeps
-    # its MLM head (head_init "random" leaves a loaded head as it is); 900 s / 4.20 s per step (measured minimum,
-    # bench/model_step_cost.py) = 214 steps, 200 of them leave time for two small evaluations
-    "laptop": dict(
-        model_name="distilbert/distilroberta-base", example_mode="packed", masking="stratified",
-        loss_weighting="elbo", max_steps=200, batch_size=4, warmup_steps=20, eval_steps=100, save_steps=100,
-        eval_examples=16, dropout=0.0, time_budget_s=1200.0,  # a slow laptop stops (and saves) at 20 minutes
-    ),
-    # seconds: tests, CI and notebook smoke runs
-    "smoke": dict(
-        model_name="scratch", dataset="pydoc", example_mode="packed", max_length=32, prefix_length=2, max_steps=20,
-        batch_size=8, learning_rate=2e-3, warmup_steps=2, eval_steps=10, save_steps=10, eval_examples=16,
-        log_steps=2, scratch=dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=2),
-    ),
-}
-
-
-def preset(name: str, **overrides) -> TrainConfig:
-    """A TrainConfig from a preset, with keyword overrides (None values are ignored)."""
-    check(name in PRESETS, f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    values = dict(PRESETS[name])
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig(**values).validate()
+from tdlib.heads import init_head, param_groups, set_dropout
+from tdlib.masking import content_ids
+from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model, uses_bf16
+from tdlib.objectives import OBJECTIVES, Objective
+from tdlib.runlog import END, INTERRUPTED, METRICS_FILE, RESUME, START, STOPPED, MetricsLog
 
 
 def lr_at(step: int, config: TrainConfig, total_steps: int, elapsed_s: float = 0.0) -> float:
@@ -324,39 +195,29 @@ class _Run:
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
           callbacks: Iterable[Callback | Callable[[dict], None]] = ()) -> TrainResult:
-    """Run (or resume) training; every metrics record is also passed to each callback."""
+    """Run (or resume) training; every metrics record is also passed to each callback.
+
+    The main process holds the run directory's lock (`tdlib.checkpoint.hold_run_dir`)
+    from before its first write to its last: another process training in the same
+    directory is refused with a `UserError` naming it. The other processes of the
+    same ``accelerate launch`` take no lock: the main process holds it for them.
+    """
     from accelerate import Accelerator
 
     config.validate()
     out = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-                              else "no")
-    if accelerator.is_main_process:
-        check_output_dir(out, resume)
-    accelerator.wait_for_everyone()
-    resume_from = checkpoint_to_resume(out) if resume else None
+    accelerator = Accelerator(mixed_precision="bf16" if uses_bf16() else "no")
+    with hold_run_dir(out) if accelerator.is_main_process else nullcontext():
+        if accelerator.is_main_process:
+            check_output_dir(out, resume)
+        accelerator.wait_for_everyone()
+        return _train(config, accelerator, checkpoint_to_resume(out) if resume else None, progress, callbacks)
 
-    # corpus -> examples
-    corpus = load_corpus(config.dataset, config.data_dir, num_lines=config.corpus_size,
-                         num_words=config.max_length - 2)  # a generated line fills the canvas
-    train_lines = get_split(corpus, "train")
-    objective_type = OBJECTIVES[config.objective]
-    torch.manual_seed(step_seed(config.seed, -1))  # a new network's weights depend on the seed only
-    model, tokenizer = objective_type.load_network(config, train_lines, resume_from)
-    _check_fits(model, tokenizer, config.max_length)
-    train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
-    valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
-    eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode)
-    eval_examples = eval_examples.subset(config.eval_examples)
 
-    # the network, its objective (collator and loss) and the optimizer
-    head_init = "random"  # recorded below: what was really done (GPT-2's head has no bias and no transform)
-    if resume_from is None:
-        head_init = init_head(model, config.head_init, content_ids(train_examples, tokenizer),
-                              good_turing=config.head_vocab == "train")
-    if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
-        set_dropout(model, config.dropout)
-    objective = objective_type(model, tokenizer, config, train_examples)
+def _train(config: TrainConfig, accelerator, resume_from: Path | None, progress: bool,
+           callbacks: Iterable[Callback | Callable[[dict], None]]) -> TrainResult:
+    """`train` once the run directory is held: set up, loop, save."""
+    objective, model, tokenizer, train_examples, eval_examples, head_init = _setup(config, resume_from)
     model.train()
     # fused AdamW (CUDA, and CPU since torch 2.4): one kernel instead of a loop over tensors
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.head_lr_scale),
@@ -376,28 +237,60 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True,
         *(as_callback(cb) for cb in callbacks)], start_step, resumed_s)
     run.total_steps = shown_steps or math.inf  # a run by the clock: the clock ends it
     if start_step == 0:
-        run.emit({"step": 0, "event": "start", "max_steps": shown_steps, "config": dataclasses.asdict(config),
+        run.emit({"step": 0, "event": START, "max_steps": shown_steps, "config": dataclasses.asdict(config),
                   "train_examples": len(train_examples), "eval_examples": len(eval_examples), "head_init": head_init,
                   "head_vocab": objective.head_vocab,  # columns of the training softmax; None: the whole vocabulary
                   "parameters": sum(p.numel() for p in model.parameters())})
     else:
-        run.emit({"step": start_step, "event": "resume", "max_steps": shown_steps, "from": resume_from.name})
+        run.emit({"step": start_step, "event": RESUME, "max_steps": shown_steps, "from": resume_from.name})
     stopper, last_eval = _loop(run, objective, model, tokenizer, train_examples, eval_examples, steps_per_epoch)
+    return _finish(run, stopper, last_eval, objective, model, tokenizer, eval_examples)
 
-    # checkpoint
+
+def _setup(config: TrainConfig, resume_from: Path | None) -> tuple:
+    """corpus -> examples -> network -> objective: (objective, model, tokenizer, train and eval examples, head_init).
+
+    ``head_init`` is what was really done to the head (GPT-2's head has no bias
+    and no transform; a resumed network keeps the head it has).
+    """
+    corpus = load_corpus(config.dataset, config.data_dir, num_lines=config.corpus_size,
+                         num_words=config.max_length - 2)  # a generated line fills the canvas
+    train_lines = get_split(corpus, "train")
+    objective_type = OBJECTIVES[config.objective]
+    torch.manual_seed(step_seed(config.seed, -1))  # a new network's weights depend on the seed only
+    model, tokenizer = objective_type.load_network(config, train_lines, resume_from)
+    _check_fits(model, tokenizer, config.max_length)
+    train_examples = make_examples(train_lines, tokenizer, config.max_length, config.example_mode)
+    valid_lines = corpus.get("valid") or corpus.get("test") or train_lines[-200:]
+    eval_examples = make_examples(valid_lines, tokenizer, config.max_length, config.example_mode)
+    eval_examples = eval_examples.subset(config.eval_examples)
+    head_init = "random"
+    if resume_from is None:
+        head_init = init_head(model, config.head_init, content_ids(train_examples, tokenizer),
+                              good_turing=config.head_vocab == "train")
+    if config.dropout is not None:  # after a resume too: the checkpoint's config may predate the option
+        set_dropout(model, config.dropout)
+    objective = objective_type(model, tokenizer, config, train_examples)
+    return objective, model, tokenizer, train_examples, eval_examples, head_init
+
+
+def _finish(run: _Run, stopper: Callback | None, last_eval: dict | None, objective: Objective, model, tokenizer,
+            eval_examples: Examples) -> TrainResult:
+    """After the loop: the checkpoint of a stop, the final evaluation and model, the `end` record."""
+    config, out = run.config, run.out
     if stopper is not None:
         run.save(model, tokenizer, run.step)
-        run.emit({"step": run.step, "event": "stopped", "reason": stopper.reason})
+        run.emit({"step": run.step, "event": STOPPED, "reason": stopper.reason})
         if stopper.hurry:
             return TrainResult(out, run.step, None, last_eval, stopped_early=True)
         if run.is_main and (last_eval is None or last_eval["step"] != run.step):  # a budget stop is a normal end
             last_eval = objective.evaluate(eval_examples, run.step)
             run.emit(last_eval)
     final = None
-    accelerator.wait_for_everyone()
+    run.accelerator.wait_for_everyone()
     if run.is_main:
         final = save_model(model, tokenizer, out / FINAL_MODEL, extra={TRAINING_CONFIG_FILE: dataclasses.asdict(config)})
-        run.emit({"step": run.step, "event": "end", "final_model": FINAL_MODEL})
+        run.emit({"step": run.step, "event": END, "final_model": FINAL_MODEL})
     return TrainResult(out, run.step, final, last_eval, stopper is not None)
 
 
@@ -451,7 +344,7 @@ def _loop(run: _Run, objective: Objective, model, tokenizer, train_examples: Exa
         if run.step > start_step:
             path = run.save(model, tokenizer, run.step)
             if path is not None:
-                run.emit({"step": run.step, "event": "interrupted", "checkpoint": path.name})
+                run.emit({"step": run.step, "event": INTERRUPTED, "checkpoint": path.name})
         raise
     finally:
         for cb in run.callbacks:

@@ -135,3 +135,4 @@ def test_every_training_setting_is_a_flag_or_listed_as_not_one():
     assert set(FLAGS) | set(NOT_FLAGS) == fields and not set(FLAGS) & set(NOT_FLAGS)
     args = build_parser().parse_args(["train", "--mask-probs", "1.0,0.5", "--no-lr-over-time", "--time-budget", "9"])
     assert args.ratios == "1.0,0.5" and args.lr_over_time is False and args.time_budget_s == 9.0
+    assert build_parser().parse_args(["train", "--mask-ratios", "1.0,0.5"]).ratios == "1.0,0.5"  # the main spelling

@@ -43,7 +43,7 @@ def test_runs_dir_from_the_notebooks_folder(monkeypatch, tmp_path):
 def test_the_toy_model_is_trained_once_then_found(runs, capsys):
     first = course.course_model("toy", smoke=True)
     assert "training it now" in capsys.readouterr().out
-    assert first.language is not None and first.config["dataset"] == "toy" and course.finished(first.run_dir)
+    assert first.language is not None and first.config["dataset"] == "toy" and course.has_final_model(first.run_dir)
     again = course.course_model("toy", smoke=True)
     out = capsys.readouterr().out
     assert out.startswith(">>> using the toy course model in") and "60 steps" in out

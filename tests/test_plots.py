@@ -1,4 +1,4 @@
-"""Tests for tdlib.plots: reading metrics and building figures without pyplot."""
+"""Tests for tdlib.plots (building figures without pyplot) and for reading the metrics it draws (tdlib.runlog)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import types
 import pytest
 from matplotlib.figure import Figure
 
-from tdlib import plots
+from tdlib import plots, runlog
 from tdlib.errors import UserError
 
 RATIOS = ("1.0", "0.7", "0.4", "0.1")
@@ -59,31 +59,31 @@ def schedules(monkeypatch):
 def test_read_metrics_from_run_dir_and_file(tmp_path):
     records = make_records()
     write_metrics(tmp_path / "metrics.jsonl", records)
-    assert plots.read_metrics(tmp_path) == records
-    assert plots.read_metrics(tmp_path / "metrics.jsonl") == records
+    assert runlog.read_metrics(tmp_path) == records
+    assert runlog.read_metrics(tmp_path / "metrics.jsonl") == records
 
 
 def test_read_metrics_tolerates_truncated_last_line(tmp_path):
     records = make_records(1)
     write_metrics(tmp_path / "metrics.jsonl", records, tail='{"step": 11, "lo')
-    assert plots.read_metrics(tmp_path) == records
+    assert runlog.read_metrics(tmp_path) == records
 
 
 def test_read_metrics_rejects_corrupt_middle_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(UserError, match=":2 is not valid JSON"):
-        plots.read_metrics(tmp_path)
+        runlog.read_metrics(tmp_path)
 
 
 def test_read_metrics_missing_file_is_user_error(tmp_path):
     with pytest.raises(UserError, match="no metrics file"):
-        plots.read_metrics(tmp_path / "nowhere")
+        runlog.read_metrics(tmp_path / "nowhere")
 
 
 def test_record_filters():
     records = make_records(2)
-    assert [r["step"] for r in plots.eval_records(records)] == [10, 20]
-    assert len(plots.train_records(records)) == 20
+    assert [r["step"] for r in runlog.eval_records(records)] == [10, 20]
+    assert len(runlog.train_records(records)) == 20
 
 
 def test_loss_by_ratio_figure_one_line_per_ratio_and_colorbar():
@@ -196,6 +196,6 @@ def test_training_seconds_add_up_the_sessions_of_a_resumed_run():
     records = [{"step": 0, "event": "start"}, {"step": 1, "loss": 3.0, "elapsed_s": 5.0},
                {"step": 2, "loss": 2.0, "elapsed_s": 9.0}, {"step": 2, "event": "stopped"},
                {"step": 2, "event": "resume"}, {"step": 3, "loss": 1.0, "elapsed_s": 4.0}, {"step": 3, "event": "end"}]
-    assert plots.training_seconds(records) == 13.0
-    assert plots.training_seconds(records[:3]) == 9.0
-    assert plots.training_seconds([]) == 0.0
+    assert runlog.training_seconds(records) == 13.0
+    assert runlog.training_seconds(records[:3]) == 9.0
+    assert runlog.training_seconds([]) == 0.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tdlib.cli import seed_value
 
-PRESETS = ("toy", "cpu", "smoke")
+DEMO_PRESETS = ("toy", "cpu", "smoke")  # the training presets the demo offers
 PROMPTS = {"toy": "the", "cpu": "The", "smoke": "The"}  # the toy language is lower-case
 SCORED_SAMPLES = 200  # samples whose sentences are checked against the toy grammar
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `tdlib demo`."""
     from tdlib.strategies import STRATEGIES
 
-    parser.add_argument("--preset", choices=PRESETS, default="toy",
+    parser.add_argument("--preset", choices=DEMO_PRESETS, default="toy",
                         help="training preset: toy (the toy language, a few minutes; default), cpu (real text, "
                              "about ten minutes) or smoke (seconds)")
     parser.add_argument("--output-dir", help="run directory (default: runs/demo-PRESET)")

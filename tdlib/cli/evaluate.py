@@ -125,11 +125,19 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(result))
-        return 0
+    else:
+        _print_report(result, bound, discrete)
+    return 0
+
+
+def _print_report(result: dict, bound: dict, discrete: dict) -> None:
+    """The human-readable report of `run`: the bounds, the truth when known, the loss by ratio."""
+    model_dir, dataset, mode, max_length = result["checkpoint"], result["dataset"], result["mode"], result["max_length"]
+    seconds = result["seconds"]
     stderr = result["nelbo_bits_per_char_stderr"]
     print(f"checkpoint   {model_dir}")
     print(
-        f"data         {dataset} {args.split}: {bound['sequences']} blocks ({mode}, {max_length} tokens), "
+        f"data         {dataset} {result['split']}: {bound['sequences']} blocks ({mode}, {max_length} tokens), "
         f"{bound['characters']:,} characters, {bound['tokens']:,} tokens scored"
     )
     print(
@@ -140,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if result["true_bits_per_char"] is not None:
         print(f"truth        {result['true_bits_per_char']:.4f} bits/char: the toy language's exact NLL of the same text")
     print(f"K-level      {discrete['nelbo_bits_per_char']:.4f} bits/char (discrete bound over ratios 1.0 .. 0.1)")
-    print(f"loss by ratio (nats per masked token, masks fixed by --seed {args.seed}):")
+    print(f"loss by ratio (nats per masked token, masks fixed by --seed {result['seed']}):")
     for t, v in discrete["loss_by_ratio"].items():
         print(f"  {t:.1f}  {v:.4f}")
     print(f"took {seconds:.1f} s")
-    return 0

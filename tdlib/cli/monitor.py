@@ -1,7 +1,9 @@
 """`tdlib monitor RUN_DIR`: progress, speed, ETA and the latest loss per mask ratio of a run.
 
-It only reads ``metrics.jsonl``; it works while the run is going (``--follow``
-refreshes) and after it ended (``--plot`` writes the per-ratio loss curves).
+It only reads ``metrics.jsonl`` (through `tdlib.runlog`); it works while the
+run is going (``--follow`` refreshes until the run ends: a final model, a stop
+such as SIGTERM, or Ctrl-C) and after it ended (``--plot`` writes the per-ratio
+loss curves; only that option imports matplotlib).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from tdlib.errors import UserError, check
+from tdlib import runlog
+from tdlib.errors import check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,19 +34,18 @@ def _fmt_seconds(seconds: float) -> str:
 
 def summarize(records: list[dict]) -> str:
     """A few lines describing the state of a run from its metrics records."""
-    from tdlib.plots import eval_records, train_records
-
-    starts = [r for r in records if r.get("event") in ("start", "resume")]
+    starts = runlog.events(records, (runlog.START, runlog.RESUME))
     max_steps = starts[-1].get("max_steps") if starts else None
-    trains, evals = train_records(records), eval_records(records)
-    ended = any(r.get("event") == "end" for r in records)
+    trains, evals = runlog.train_records(records), runlog.eval_records(records)
+    ended = runlog.finished(records)
     step = max((r["step"] for r in records), default=0)
     lines = []
-    config = next((r.get("config") or {} for r in records if r.get("event") == "start"), {})
+    config = next((r.get("config") or {} for r in runlog.events(records, (runlog.START,))), {})
     budget = config.get("time_budget_s") if config.get("lr_over_time") else None  # a run that ends by the clock
     head = f"step {step}" + (f"/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps else "")
     if ended:
-        head += "  finished"
+        last_event = runlog.events(records)[-1]["event"]
+        head += "  finished" if last_event == runlog.END else f"  {last_event} (continue with tdlib train --resume)"
     lines.append(head)
     if trains:
         last = trains[-1]
@@ -92,12 +94,7 @@ def _is_record(r) -> bool:
 
 def read_records(run_dir: Path) -> list[dict]:
     """The run's metrics records; a file that is not tdlib metrics is a `UserError`, not a crash."""
-    from tdlib.plots import read_metrics
-
-    try:
-        records = read_metrics(run_dir)
-    except UnicodeDecodeError as exc:
-        raise UserError(f"the metrics of {run_dir} are not UTF-8 text (byte {exc.start}); is it a tdlib run?") from None
+    records = runlog.read_metrics(run_dir)
     for number, record in enumerate(records, start=1):
         check(_is_record(record), f"record {number} of the metrics of {run_dir} is not a tdlib metrics record: "
                                   f"{json.dumps(record)[:80]}")
@@ -112,18 +109,18 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check(args.plot.lower().endswith(".png"), f"--plot needs a .png file name, got {args.plot!r}")
     while True:
-        if args.follow and not (run_dir / "metrics.jsonl").exists():
+        if args.follow and not (run_dir / runlog.METRICS_FILE).exists():
             print("waiting for the run to write metrics.jsonl ...", flush=True)
             time.sleep(args.interval)
             continue
         records = read_records(run_dir)
         print(summarize(records), flush=True)
-        if not args.follow or any(r.get("event") == "end" for r in records):
+        if not args.follow or runlog.finished(records):
             break
         time.sleep(args.interval)
         print()
     if args.plot:
-        from tdlib.plots import run_summary_figure, save_figure
+        from tdlib.plots import run_summary_figure, save_figure  # matplotlib: only for --plot
 
         save_figure(run_summary_figure(records), args.plot)
         print(f"wrote {args.plot}")

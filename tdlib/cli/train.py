@@ -21,7 +21,7 @@ from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS
 if TYPE_CHECKING:
     from tdlib.train import TrainConfig
 
-FLAGS: dict[str, dict] = {  # TrainConfig field -> argparse options of its flag (plus "flag": its name if not --field)
+FLAGS: dict[str, dict] = {  # TrainConfig field -> argparse options of its flag (plus "flag": its name(s) if not --field)
     "objective": dict(choices=list(OBJECTIVES), help="diffusion (masked LM, default) or causal (the autoregressive "
                                                      "baseline, same tokenizer and size)"),
     "model_name": dict(help="minilm (packaged), scratch (small RoBERTa + BPE), a hub id or a local folder"),
@@ -38,7 +38,9 @@ FLAGS: dict[str, dict] = {  # TrainConfig field -> argparse options of its flag 
     "warmup_steps": dict(),
     "max_length": dict(help="tokens per example"),
     "prefix_length": dict(help="content tokens at the start that are never masked"),
-    "ratios": dict(flag="--mask-probs", type=str, help="comma-separated mask ratios, e.g. 1.0,0.9,...,0.1"),
+    "ratios": dict(flag=("--mask-ratios", "--mask-probs"), type=str,
+                   help="comma-separated mask ratios, e.g. 1.0,0.9,...,0.1 (--mask-probs, the original experiment's "
+                        "spelling, is the same flag)"),
     "masking": dict(choices=MASKING_MODES, help="one ratio per batch, per example, t~U(eps,1) per example, or the "
                                                 "same spread evenly over the batch"),
     "loss_weighting": dict(choices=WEIGHTINGS),
@@ -81,13 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     annotations = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     for name, options in FLAGS.items():
         options = dict(options)
-        flag = options.pop("flag", "--" + name.replace("_", "-"))
+        flags = options.pop("flag", "--" + name.replace("_", "-"))
+        flags = (flags,) if isinstance(flags, str) else flags
         kind = TYPES[annotations[name]] if "type" not in options else options.pop("type")
         if kind is argparse.BooleanOptionalAction:
             options["action"] = kind
         elif "choices" not in options:
             options["type"] = kind
-        parser.add_argument(flag, dest=name, **options)
+        parser.add_argument(*flags, dest=name, **options)
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

@@ -141,7 +141,7 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_last_one_and_resumes(tmp_
 
 
 def test_disk_full_while_logging_metrics_is_an_error_line(tmp_path, capsys, monkeypatch):
-    from tdlib.checkpoint import MetricsLog
+    from tdlib.runlog import MetricsLog
 
     real_write = MetricsLog.write
 
