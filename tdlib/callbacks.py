@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from tdlib.runlog import CHECKPOINT
+from tdlib.runlog import BUDGET_REASON, CHECKPOINT
 
 
 class Loop(Protocol):
@@ -95,7 +95,7 @@ class ClockBudget(Callback):
     step past each of ``save_at_s`` seconds.
     """
 
-    reason = "time budget"
+    reason = BUDGET_REASON
 
     def __init__(self, budget_s: float | None, lr_over_time: bool, save_at_s: tuple[float, ...], resumed_s: float):
         self.budget_s, self.lr_over_time = budget_s, lr_over_time

@@ -37,7 +37,6 @@ from pathlib import Path
 import torch
 
 from tdlib.errors import UserError, check
-from tdlib.runlog import FINAL_EVENTS, METRICS_FILE  # noqa: F401 (tdlib.widgets still imports them from here)
 
 LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpoint
 STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step and seconds trained

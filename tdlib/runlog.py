@@ -97,10 +97,20 @@ def events(records: Iterable[dict], names: Iterable[str] = LIFECYCLE_EVENTS) -> 
     return [r for r in records if isinstance(r, dict) and r.get("event") in names]
 
 
+BUDGET_REASON = "time budget"  # a stop for this reason goes on to a final evaluation and `end`
+
+
 def finished(records: Iterable[dict]) -> bool:
-    """Whether the run has ended: its last lifecycle record is one of `FINAL_EVENTS`."""
+    """Whether the run has ended: its last lifecycle record is one of `FINAL_EVENTS`.
+
+    A stop at the clock budget is the one `STOPPED` record that does not end the
+    run: its final evaluation and `END` record follow.
+    """
     lifecycle = events(records)
-    return bool(lifecycle) and lifecycle[-1]["event"] in FINAL_EVENTS
+    if not lifecycle:
+        return False
+    last = lifecycle[-1]
+    return last["event"] in FINAL_EVENTS and not (last["event"] == STOPPED and last.get("reason") == BUDGET_REASON)
 
 
 def eval_records(records: Iterable[dict]) -> list[dict]:

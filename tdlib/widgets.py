@@ -30,10 +30,10 @@ import torch
 from IPython.display import HTML, display
 from matplotlib.figure import Figure
 
-from tdlib import plots, render, tables
-from tdlib.checkpoint import FINAL_EVENTS, METRICS_FILE
+from tdlib import plots, render, runlog, tables
 from tdlib.draws import SAMPLINGS
 from tdlib.masking import mask_tokens, protected_positions
+from tdlib.runlog import FINAL_EVENTS, METRICS_FILE
 from tdlib.sample import SamplerConfig, sampler_config
 from tdlib.schedules import SCHEDULES
 
@@ -200,7 +200,7 @@ class LiveLossView:
     def from_run(cls, run_dir: str | Path, *, log_scale: bool = False) -> LiveLossView:
         """A view filled with the records of a finished (or running) run."""
         view = cls(log_scale=log_scale)
-        view.records.extend(plots.read_metrics(run_dir))
+        view.records.extend(runlog.read_metrics(run_dir))
         view.redraw()
         return view
 
@@ -214,10 +214,10 @@ class LiveLossView:
         metrics = Path(run_dir) / METRICS_FILE
         start = time.monotonic()
         while True:
-            new = plots.read_metrics(metrics)[len(self.records):] if metrics.is_file() else []
+            new = runlog.read_metrics(metrics)[len(self.records):] if metrics.is_file() else []
             for record in new:
                 self(record)
-            if any(r.get("event") in FINAL_EVENTS for r in self.records):
+            if runlog.finished(self.records):
                 return "finished"
             if process is not None and process.poll() is not None and not new:
                 return "exited"

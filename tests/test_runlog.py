@@ -72,3 +72,12 @@ def test_a_resumed_run_is_going_again_and_the_final_events_end_it():
     assert runlog.finished([start, stopped]) and not runlog.finished([start, stopped, resume, train])
     assert runlog.finished([start, stopped, resume, train, end])
     assert runlog.finished([start, {"step": 2, "event": runlog.INTERRUPTED}])
+
+
+def test_a_stop_at_the_clock_budget_does_not_end_the_run_but_a_sigterm_stop_does():
+    from tdlib.runlog import BUDGET_REASON, finished
+
+    going = [{"step": 0, "event": "start"}, {"step": 5, "event": "stopped", "reason": BUDGET_REASON}]
+    assert not finished(going)  # its final evaluation and `end` are still to come
+    assert finished([*going, {"step": 5, "event": "end"}])
+    assert finished([{"step": 0, "event": "start"}, {"step": 3, "event": "stopped", "reason": "SIGTERM"}])
