@@ -28,8 +28,9 @@ from pathlib import Path
 from _common import setup_threads
 
 from tdlib.plots import save_figure
-from tdlib.price import dilated_plan, information_by_distance, parallel_price, random_plan
+from tdlib.price import information_by_distance, parallel_price, random_plan
 from tdlib.price_plots import information_by_distance_figure, price_by_plan_figure
+from tdlib.schedules import dilated_plan
 from tdlib.toylang import ToyLanguage
 
 

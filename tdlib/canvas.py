@@ -56,8 +56,8 @@ def build_canvas(
             f"(at most {room - 1} prefix tokens); shorten the prefix or raise --max-length",
         )
         canvas = [start_id, *ids, *[mask_id] * (room - len(ids)), end_id]
-        # the first generated token starts a new word, so it is never glued onto the prefix
-        forbidden_at = {1 + len(ids): continuation_ids(tokenizer)} if ids else None
+        # the first generated token starts a new word (glued onto neither the prefix nor the start)
+        forbidden_at = {1 + len(ids): continuation_ids(tokenizer)}
     return canvas, forbidden_at
 
 
@@ -130,6 +130,9 @@ def generate(
           f"use --max-length {limit} or less")
     mask_id = tokenizer.mask_token_id
     canvas, forbidden_at = build_canvas(tokenizer, prefix, max_length)
+    check(config.min_gap <= len(canvas) - 2,
+          f"--min-gap {config.min_gap} is wider than the canvas ({len(canvas) - 2} tokens between "
+          f"start and end); use a gap of at most {len(canvas) - 2}")
     prefix_tokens = len(canvas) - 2 - canvas.count(mask_id)  # continuation: tokens before masks
     x_init = torch.tensor([canvas] * num_samples, dtype=torch.long, device=device)  # (B, L)
     generator = torch.Generator(device=device)

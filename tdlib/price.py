@@ -16,8 +16,8 @@ nothing, in any order; all positions in one pass cost the whole dependence.
 - `parallel_price`: that KL per token in bits, for a fixed plan or a plan drawn
   per sample (``random`` order: `random_plan`), by Monte Carlo over draws of the
   language or exactly by enumeration on tiny models;
-- `dilated_plan` / `dilated_plan_for`: passes of positions about K apart, the
-  sizes of the linear schedule (as in dilated scheduling, arXiv 2506.19037);
+- the plans it prices: `random_plan` here, and `tdlib.schedules.dilated_plan`
+  (passes of positions about K apart, as the sampler's ``dilated`` strategy reveals them);
 - `pair_information` / `information_by_distance`: the exact mutual information
   of two positions given the visible ones, and how it fades with distance;
 - `first_clash` / `possible_share`: when a sampler's canvas became impossible.
@@ -98,64 +98,6 @@ def random_plan(num_positions: int, num_steps: int, generator: torch.Generator |
     counts = masked_counts(schedule, num_positions, num_steps)
     order = torch.randperm(num_positions, generator=generator).tolist()
     return [sorted(order[num_positions - a: num_positions - b]) for a, b in zip(counts[:-1], counts[1:])]
-
-
-def coarse_to_fine(n: int) -> list[int]:
-    """0..n-1 middle first, then the middles of each half, breadth first: 4 -> [2, 1, 3, 0]."""
-    order, queue = [], [(0, n)]
-    while queue:
-        lo, hi = queue.pop(0)
-        if lo < hi:
-            mid = (lo + hi) // 2
-            order.append(mid)
-            queue += [(lo, mid), (mid + 1, hi)]
-    return order
-
-
-def dilated_plan(num_positions: int, num_steps: int, schedule: str = "linear") -> list[list[int]]:
-    """Passes whose positions sit far apart: residues mod G, coarse to fine; K sets.
-
-    The rule, for n positions and K passes: G = min(K, n) groups, group r holds
-    the positions i with i mod G = r (so its positions sit G apart). Pass t
-    reveals ``masked_counts(schedule, n, K)[t-1] - [t]`` positions, the linear
-    schedule's sizes, as ``random`` does; with the linear schedule those sizes
-    are the group sizes (floor or ceil of n/K), so each pass takes one whole
-    group: the first not yet taken, in coarse-to-fine order of residues (the
-    middle residue, then the middles of each half, breadth first; see
-    `coarse_to_fine`), that has the pass's size. Example, n = 10, K = 3: sizes
-    3, 4, 3, groups {0,3,6,9} {1,4,7} {2,5,8}, residue order 1, 0, 2::
-
-        dilated_plan(10, 3) == [[1, 4, 7], [0, 3, 6, 9], [2, 5, 8]]
-
-    K = 1 reveals everything at once; K >= n one position per pass (with K > n
-    the schedule leaves some passes empty, and so does the plan: there are
-    always K sets, non-empty when K <= n). Another schedule's sizes, which need
-    not match the groups, are filled from the residue order read position by
-    position.
-    """
-    counts = masked_counts(schedule, num_positions, num_steps)
-    sizes = [a - b for a, b in zip(counts[:-1], counts[1:])]
-    groups = max(1, min(num_steps, num_positions))
-    classes = [list(range(r, num_positions, groups)) for r in coarse_to_fine(groups)]
-    if sorted(sizes) != sorted(len(c) for c in classes if c) + [0] * (num_steps - groups):
-        flat = [i for c in classes for i in c]
-        return [flat[sum(sizes[:t]): sum(sizes[: t + 1])] for t in range(num_steps)]
-    plan = []
-    for size in sizes:
-        k = next((k for k, c in enumerate(classes) if len(c) == size), None) if size else None
-        plan.append(classes.pop(k) if k is not None else [])
-    return plan
-
-
-def dilated_plan_for(positions: Sequence[int] | torch.Tensor, num_steps: int,
-                     schedule: str = "linear") -> list[list[int]]:
-    """`dilated_plan` over arbitrary generated columns: ``positions[k]`` plays the part of position k.
-
-    For a canvas with a prompt or infill: pass the canvas columns to generate
-    (in increasing order), get K lists of columns.
-    """
-    cols = [int(c) for c in (positions.tolist() if isinstance(positions, torch.Tensor) else positions)]
-    return [[cols[k] for k in s] for s in dilated_plan(len(cols), num_steps, schedule)]
 
 
 # ---- the price of a plan ------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 from tdlib.draws import SAMPLINGS
 from tdlib.errors import check
 from tdlib.schedules import SCHEDULES, block_plan, step_targets
-from tdlib.strategies import ADAPTIVE, REMASKING, REVEAL, STRATEGIES, Run, hide, resample
+from tdlib.strategies import ADAPTIVE, REMASKING, REVEAL, SPACED, STRATEGIES, Run, hide, resample
 
 if TYPE_CHECKING:
     from tdlib.model import Denoiser
@@ -81,6 +81,9 @@ class SamplerConfig:
     block_length: int | None = _option(
         None, "generate blocks of N tokens left to right (semi-autoregressive); "
         "--steps are split between blocks", type=int)
+    min_gap: int = _option(
+        0, "no two positions revealed in one pass closer than G columns (random, dilated, "
+        "confidence, margin, entropy); 0 or 1 leaves the strategy as it is", flag="--min-gap")
 
     def __post_init__(self) -> None:
         """Raise `UserError` with a helpful one-line message for any invalid option."""
@@ -105,6 +108,10 @@ class SamplerConfig:
                                          "0 never hides a token")
         check(self.block_length is None or self.block_length >= 1,
               f"--block-length must be at least 1, got {self.block_length}")
+        check(self.min_gap >= 0, f"--min-gap must be at least 0, got {self.min_gap}")
+        check(self.min_gap <= 1 or self.strategy in SPACED,
+              f"--min-gap spaces the strategies that rank positions ({', '.join(SPACED)}), "
+              f"not {self.strategy}")
 
 
 def sampler_config(config: SamplerConfig | None = None, **options) -> SamplerConfig:
@@ -172,10 +179,10 @@ def sample(
     xt = x_init.clone()  # (B, L)
     generated = xt == mask_id  # (B, L) positions the sampler writes
     probs = torch.full(xt.shape, float("nan"), device=xt.device)  # (B, L) p of each shown token
-    run = Run(denoiser, config, xt, probs, mask_id, generator, attention_mask, forbidden_ids,
-              forbidden_at)
-    history = [_snapshot(xt, torch.zeros_like(generated), probs)]
     plan = block_plan(generated, config.num_steps, config.block_length)
+    run = Run(denoiser, config, xt, probs, mask_id, generator, attention_mask, forbidden_ids,
+              forbidden_at, generated=generated, blocks=plan)
+    history = [_snapshot(xt, torch.zeros_like(generated), probs)]
     for block, target, busiest in step_targets(generated, config.schedule, plan):
         active = generated & block  # (B, L) generated positions of the current block
         masked = active & (xt == mask_id)  # (B, L)

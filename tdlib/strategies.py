@@ -7,6 +7,8 @@ the block (B, L) and ``count`` (B,), how many each row reveals, and returns a
 each token (N,)); the loop (`tdlib.sample.sample`) writes the tokens.
 
 - ``random``: a uniformly random subset (ancestral sampling);
+- ``dilated``: the positions a plan fixed in advance gives the pass, spread far apart
+  (`tdlib.schedules.dilated_plan`: residues mod K, coarse to fine);
 - ``confidence``: the drawn tokens of highest probability;
 - ``margin``: the largest top-1 minus top-2 probability;
 - ``entropy``: the lowest entropy of the position's distribution;
@@ -15,6 +17,9 @@ each token (N,)); the loop (`tdlib.sample.sample`) writes the tokens.
 - ``remask-cap``, ``remask-conf`` (ReMDM): `hide` some revealed tokens, then reveal at random;
 - ``resample`` (the original experiment's method): `resample` redraws every position of
   the block, then masks a random subset again.
+
+``min_gap`` G spaces the rules that rank positions (`SPACED`): no two positions
+revealed in one pass closer than G columns (`spaced_top_per_row`).
 
 Each rule is written first in its plain form. The fast paths sit at the end of
 the module, marked, each held equal to its plain form by `tests/test_strategies.py`:
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tdlib import draws
+from tdlib.schedules import dilated_plan_for
 
 if TYPE_CHECKING:
     from tdlib.model import Denoiser
@@ -40,6 +46,8 @@ if TYPE_CHECKING:
 ADAPTIVE = ("threshold", "entropy-bound")
 # strategies that may hide revealed tokens again (ReMDM), revealing in random order
 REMASKING = ("remask-cap", "remask-conf")
+# strategies that rank positions and pick the top of the ranking: --min-gap spaces them
+SPACED = ("random", "dilated", "confidence", "margin", "entropy")
 DRAW_ALL_UP_TO = 4096  # vocabulary size up to which `confidence` draws everywhere in one go
 
 # (revealed (B, L), rows (N,), cols (N,), tokens (N,), probability of each token (N,))
@@ -59,13 +67,37 @@ class Run:
     attention_mask: torch.Tensor | None = None
     forbidden_ids: Sequence[int] = ()
     forbidden_at: dict[int, Sequence[int]] | None = None
+    generated: torch.Tensor | None = None  # (B, L) the positions the run writes
+    blocks: list | None = None  # `tdlib.schedules.block_plan`: (columns (L,), steps) per block
     forward_passes: int = 0
     banned: dict[str, torch.Tensor] = field(default_factory=dict)
+    order: torch.Tensor | None = None  # (B, L) place of each position in the dilated plan (built once)
 
     def noise(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniforms (B, L) for choosing positions at random."""
         xt = self.xt
         return torch.rand(xt.shape, dtype=dtype, generator=self.generator, device=xt.device)
+
+    def pick(self, scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """Bool (B, L): the ``count[b]`` best-scored eligible positions, spaced by ``min_gap``."""
+        if self.config.min_gap > 1:
+            return spaced_top_per_row(scores, eligible, count, self.config.min_gap)
+        return top_per_row(scores, eligible, count)
+
+    def dilated_order(self) -> torch.Tensor:
+        """Float (B, L): each generated position's place in its block's `dilated_plan_for`
+        (pass by pass), +inf elsewhere; rows with the same generated columns share one plan."""
+        if self.order is None:
+            patterns, which = self.generated.cpu().unique(dim=0, return_inverse=True)
+            places = torch.full(patterns.shape, float("inf"))
+            for k, row in enumerate(patterns):
+                for cols, steps in self.blocks:
+                    columns = (row & cols.cpu()).nonzero()[:, 0]
+                    plan = dilated_plan_for(columns, steps, self.config.schedule)
+                    flat = torch.tensor([c for s in plan for c in s], dtype=torch.long)
+                    places[k, flat] = torch.arange(len(flat), dtype=places.dtype)
+            self.order = places[which].to(self.xt.device)
+        return self.order
 
     def log_probs(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One denoiser call: (rows, cols) of ``positions`` (B, L), their log-probs (M, V) at T."""
@@ -137,6 +169,34 @@ def top_per_row(scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tenso
     return (_row_ranks(scores.masked_fill(~eligible, float("-inf"))) < count[:, None]) & eligible
 
 
+def spaced_top_per_row(
+    scores: torch.Tensor, eligible: torch.Tensor, count: torch.Tensor, gap: int
+) -> torch.Tensor:
+    """Bool (B, L): `top_per_row`, but no two chosen positions of a row closer than ``gap``.
+
+    Down each row's ranking, a position is taken unless it lies within ``gap`` - 1
+    columns of one taken before. If fewer than ``count[b]`` positions can be spaced
+    so, the best-ranked of the rest fill the pass, so that the schedule's counts (and
+    the number of passes) stay as they are. One loop over ranks, all rows at once.
+    """
+    length = scores.shape[1]
+    order = scores.masked_fill(~eligible, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    columns = torch.arange(length, device=scores.device)
+    taken = torch.zeros_like(eligible)
+    blocked = ~eligible  # (B, L) not eligible, or too close to a taken position
+    n = torch.zeros_like(count)
+    for r in range(length):
+        if bool((n >= count).all()):
+            break
+        pos = order[:, r]  # (B,) the r-th best position of each row
+        ok = ~blocked.gather(1, pos[:, None])[:, 0] & (n < count)
+        taken[ok, pos[ok]] = True
+        n += ok
+        blocked |= ((columns - pos[:, None]).abs() < gap) & ok[:, None]
+    rest = eligible & ~taken
+    return taken | top_per_row(scores, rest, (count - n).clamp(min=0))
+
+
 def _row_ranks(scores: torch.Tensor) -> torch.Tensor:
     """Long (B, L): the place of each score in its row, 0 for the highest, ties in column order."""
     order = scores.argsort(dim=1, descending=True, stable=True)  # (B, L)
@@ -160,7 +220,17 @@ def _at(revealed: torch.Tensor, rows, cols, tokens, p_token) -> Reveal:
 
 def reveal_random(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal:
     """``random``: reveal a uniformly random subset, then draw only there."""
-    revealed = top_per_row(run.noise(), masked, count)
+    revealed = run.pick(run.noise(), masked, count)
+    rows, cols, logp = run.log_probs(revealed)
+    tokens = run.drawer(logp)()
+    return revealed, rows, cols, tokens, logp.gather(1, tokens[:, None])[:, 0].exp()
+
+
+def reveal_dilated(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal:
+    """``dilated``: reveal the next ``count`` positions of the plan fixed at the start
+    (`Run.dilated_order`), then draw only there. With the plan's own schedule each pass
+    reveals exactly one set of `tdlib.schedules.dilated_plan`."""
+    revealed = run.pick(-run.dilated_order(), masked, count)
     rows, cols, logp = run.log_probs(revealed)
     tokens = run.drawer(logp)()
     return revealed, rows, cols, tokens, logp.gather(1, tokens[:, None])[:, 0].exp()
@@ -169,22 +239,26 @@ def reveal_random(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal
 def reveal_confidence(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal:
     """``confidence``: reveal the ``count`` drawn tokens of highest probability in each row."""
     rows, cols, logp = run.log_probs(masked)  # logp (N, V) at the masked positions
+    if run.config.min_gap > 1:  # spaced: draw everywhere, then pick down the ranking
+        revealed, tokens, p_token = most_confident(logp, masked, rows, cols, count, run.drawer(logp), run.pick)
+        return _at(revealed, rows, cols, tokens, p_token)
     choose = most_confident if logp.shape[-1] <= DRAW_ALL_UP_TO else _most_confident_in_rounds
     revealed, tokens, p_token = choose(logp, masked, rows, cols, count, run.drawer(logp))
     return _at(revealed, rows, cols, tokens, p_token)
 
 
-def most_confident(logp, masked, rows, cols, count, draw) -> tuple[torch.Tensor, ...]:
+def most_confident(logp, masked, rows, cols, count, draw, pick=None) -> tuple[torch.Tensor, ...]:
     """Draw at every masked position, reveal each row's ``count[b]`` most probable draws.
 
     ``logp`` (N, V) are the log-probs at (``rows``, ``cols``) = ``masked.nonzero()``;
-    ``draw(idx)`` draws rows ``idx`` (all without). Returns (revealed (B, L),
-    tokens (N,), probability of each token (N,)).
+    ``draw(idx)`` draws rows ``idx`` (all without); ``pick`` (default `top_per_row`)
+    chooses from the scores. Returns (revealed (B, L), tokens (N,), probability of each
+    token (N,)).
     """
     tokens = draw()  # (N,)
     p_token = logp.gather(1, tokens[:, None])[:, 0].exp()  # p_T(v_i)
     scores = _on_canvas(p_token, rows, cols, masked.shape)
-    return top_per_row(scores, masked, count), tokens, p_token
+    return (pick or top_per_row)(scores, masked, count), tokens, p_token
 
 
 def _at_least_one(masked: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -217,7 +291,7 @@ def _reveal_by_score(score: Callable[[torch.Tensor], torch.Tensor]) -> Callable[
     def reveal(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal:
         rows, cols, logp = run.log_probs(masked)
         draw = run.drawer(logp)
-        revealed = top_per_row(_on_canvas(score(logp), rows, cols, masked.shape), masked, count)
+        revealed = run.pick(_on_canvas(score(logp), rows, cols, masked.shape), masked, count)
         where = revealed[rows, cols].nonzero()[:, 0]
         tokens = draw(where)
         return revealed, rows[where], cols[where], tokens, logp[where, tokens].exp()
@@ -315,6 +389,7 @@ def resample(run: Run, active: torch.Tensor, target: torch.Tensor) -> torch.Tens
 # apart, as it rewrites revealed tokens too
 REVEAL: dict[str, Callable] = {
     "random": reveal_random,
+    "dilated": reveal_dilated,
     "confidence": reveal_confidence,
     "margin": _reveal_by_score(margin),
     "entropy": _reveal_by_score(negative_entropy),

@@ -127,10 +127,12 @@ def toy_cell(denoiser: Any, tokenizer: Any, language: Any, *, length: int, num_s
              **knobs: float) -> dict[str, Any]:
     """One `generate` call of ``num_samples`` toy canvases of ``length`` words, scored exactly by ``language``.
 
-    ``denoiser`` is a network or the language's own (`ToyLanguage.guarded`); ``knobs`` are
-    `generate`'s ``threshold``, ``entropy_bound`` or ``remask_eta``. The row holds the mean
-    forward passes per sample (an adaptive strategy decides them), the grammatical and
-    possible shares, the true NLL per token and the unigram entropy, and the first text.
+    ``denoiser`` is a network or the language itself (its exact denoiser); ``knobs`` are
+    other `tdlib.sample.SamplerConfig` fields (``threshold``, ``entropy_bound``, ``remask_eta``,
+    ``min_gap``, ...). The row holds the mean forward passes per sample (an adaptive
+    strategy decides them), the grammatical and possible shares, the true NLL per token
+    and the unigram entropy, and the first text. With the exact denoiser only the
+    possible share is a finding: text written after a clash is noise (`tdlib.toylang`).
     """
     texts, trajectory = generate(denoiser, tokenizer, num_samples=num_samples, max_length=length + 2,
                                  num_steps=num_steps, strategy=strategy, sampling="nucleus", top_p=1.0, seed=seed,

@@ -11,8 +11,6 @@ import torch
 
 from tdlib.oracle import HiddenMarkovModel, MarkovChain
 from tdlib.price import (
-    dilated_plan,
-    dilated_plan_for,
     first_clash,
     information_by_distance,
     pair_information,
@@ -21,7 +19,7 @@ from tdlib.price import (
     possible_share,
     random_plan,
 )
-from tdlib.schedules import masked_counts
+from tdlib.schedules import dilated_plan, dilated_plan_for, masked_counts
 from tdlib.toylang import ToyLanguage
 
 
