@@ -53,6 +53,13 @@ def run_dir(kind: str, *, smoke: bool = False) -> Path:
     return runs_dir() / (RUN_NAMES[kind] + ("-smoke" if smoke else ""))
 
 
+def shown(path: str | Path) -> str:
+    """``path`` as a notebook prints it: relative to the project root (the folder holding `runs_dir`)
+    when inside it, ``runs/course-toy``, so a committed output names no folder of the machine that ran it."""
+    path, root = Path(path).expanduser().absolute(), runs_dir().absolute().parent
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def has_final_model(directory: str | Path) -> bool:
     """Whether a run directory holds its final model (`tdlib.runlog.finished` says whether its run has ended)."""
     return (Path(directory) / FINAL_MODEL).is_dir()
@@ -90,9 +97,13 @@ def course_config(kind: str = "toy", *, smoke: bool = False, **overrides):
 
 
 def train_command(kind: str = "text", *, smoke: bool = False) -> list[str]:
-    """The command line notebook 02 runs (and prints) to train a course model, `course_config` as flags."""
+    """The command line notebook 02 runs (and prints) to train a course model, `course_config` as flags.
+
+    The output directory is written relative to the project root (`shown`), where the
+    command is meant to be typed and where `start_training` runs it.
+    """
     name, values = _recipe(kind, smoke)
-    args = ["tdlib", "train", "--preset", name, "--output-dir", str(run_dir(kind, smoke=smoke))]
+    args = ["tdlib", "train", "--preset", name, "--output-dir", shown(run_dir(kind, smoke=smoke))]
     if smoke:
         args += [f"--{key.replace('_', '-')}={value}" for key, value in values.items()
                  if key != "eval_examples"]  # set by the presets only, not a flag
@@ -111,7 +122,8 @@ def start_training(kind: str = "text", *, smoke: bool = False) -> subprocess.Pop
     directory.parent.mkdir(parents=True, exist_ok=True)
     log = open(directory.parent / f"{directory.name}.log", "w")  # noqa: SIM115 (the child owns it)
     command = [sys.executable, "-m", "tdlib", *train_command(kind, smoke=smoke)[1:]]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    root = runs_dir().absolute().parent  # the project root, where `shown` paths start
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
 
 
 @dataclass
@@ -139,24 +151,24 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
     if named:
         directory = Path(named).expanduser()
         check(has_final_model(directory), f"{directory} holds no {FINAL_MODEL}/: name a finished run directory")
-        return _open(directory, f"using the run you named: {directory}")
+        return _open(directory, f"using the run you named: {shown(directory)}")
     directory = run_dir(kind, smoke=smoke)
     if has_final_model(directory):
-        return _open(directory, f"using the {kind} course model in {directory}")
+        return _open(directory, f"using the {kind} course model in {shown(directory)}")
     if kind == "toy" or smoke:
         minutes = "seconds" if smoke else "about 4 minutes on 2 cores"
-        print(f">>> no {kind} course model in {directory}: training it now ({minutes})", flush=True)
+        print(f">>> no {kind} course model in {shown(directory)}: training it now ({minutes})", flush=True)
         _fresh(directory)
         train(course_config(kind, smoke=smoke), progress=not smoke)
-        return _open(directory, f"using the {kind} course model just trained in {directory}")
+        return _open(directory, f"using the {kind} course model just trained in {shown(directory)}")
     stand_in = run_dir("text", smoke=True)
     state = "is still training" if (directory / runlog.METRICS_FILE).is_file() else "does not exist"
     if not has_final_model(stand_in):
         _fresh(stand_in)
         train(course_config("text", smoke=True), progress=False)
-    return _open(stand_in, f"the real-text course model {directory} {state} (notebook 02 starts it: "
+    return _open(stand_in, f"the real-text course model {shown(directory)} {state} (notebook 02 starts it: "
                            f"{' '.join(train_command('text'))}); using a stand-in trained for seconds, from "
-                           f"{stand_in}: expect noise, not text", warn=True)
+                           f"{shown(stand_in)}: expect noise, not text", warn=True)
 
 
 def _fresh(directory: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tdlib import course
@@ -21,7 +23,11 @@ def runs(tmp_path_factory):
 def test_run_directories_and_commands(runs, monkeypatch):
     assert course.run_dir("toy") == runs / "course-toy"
     assert course.run_dir("text", smoke=True) == runs / "course-text-smoke"
-    assert course.train_command("text") == ["tdlib", "train", "--preset", "cpu", "--output-dir", str(runs / "course-text")]
+    # relative to the project root (the folder of runs/), where the command is typed and started
+    assert course.train_command("text") == ["tdlib", "train", "--preset", "cpu", "--output-dir",
+                                            str(Path(runs.name) / "course-text")]
+    assert course.shown(runs / "course-toy") == str(Path(runs.name) / "course-toy")
+    assert course.shown("/elsewhere/run") == "/elsewhere/run"  # outside the project: as it is
     assert "--max-steps=60" in course.train_command("toy", smoke=True)
     monkeypatch.setenv(course.TEXT_DATA_ENV, "/data/wikitext")
     assert course.train_command("text")[-4:] == ["--dataset", "wikitext-2", "--data-dir", "/data/wikitext"]
