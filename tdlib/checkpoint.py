@@ -229,6 +229,25 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def run_dir_holder(run_dir: str | Path) -> str | None:
+    """Who is training in ``run_dir`` now ("process N on HOST (since ...)"), or None if nobody is."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return None
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only when no trainer holds it
+    except BlockingIOError:
+        return _holder(path)
+    finally:
+        os.close(fd)  # closing lets go of a shared lock taken here
+    return None
+
+
 def _lock(path: Path, fcntl) -> int | None:
     """The descriptor of ``path``, locked and emptied; None when another process holds it."""
     while True:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,7 +156,10 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
     directory = run_dir(kind, smoke=smoke)
     if has_final_model(directory):
         return _open(directory, f"using the {kind} course model in {shown(directory)}")
-    if kind == "toy" or smoke:
+    if kind == "toy" or smoke:  # trained here when missing: never over a run another process is training
+        _wait_for_trainer(directory)
+        if has_final_model(directory):
+            return _open(directory, f"using the {kind} course model in {shown(directory)}")
         minutes = "seconds" if smoke else "about 4 minutes on 2 cores"
         print(f">>> no {kind} course model in {shown(directory)}: training it now ({minutes})", flush=True)
         _fresh(directory)
@@ -169,6 +173,19 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
     return _open(stand_in, f"the real-text course model {shown(directory)} {state} (notebook 02 starts it: "
                            f"{' '.join(train_command('text'))}); using a stand-in trained for seconds, from "
                            f"{shown(stand_in)}: expect noise, not text", warn=True)
+
+
+def _wait_for_trainer(directory: Path, poll_s: float = 5.0) -> None:
+    """If another process is training in ``directory`` (another notebook, a terminal), wait for it to end,
+    with one line saying so, instead of clearing its run and starting over."""
+    from tdlib.checkpoint import run_dir_holder
+
+    holder = run_dir_holder(directory)
+    if holder is None:
+        return
+    print(f">>> {holder} is training in {shown(directory)}; waiting for it to finish", flush=True)
+    while run_dir_holder(directory) is not None:
+        time.sleep(poll_s)
 
 
 def _fresh(directory: Path) -> None:

@@ -71,3 +71,26 @@ def test_a_named_run_wins_and_must_be_finished(runs, monkeypatch, tmp_path, caps
     monkeypatch.setenv(course.RUN_ENV, str(tmp_path))
     with pytest.raises(UserError, match="holds no final-model"):
         course.course_model("text")
+
+
+def test_a_course_model_being_trained_elsewhere_is_waited_for_not_wiped(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    from tdlib.checkpoint import run_dir_holder
+
+    run = tmp_path / "course-toy"
+    (run / "checkpoint-10").mkdir(parents=True)  # an unfinished run another process is training
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from tdlib.checkpoint import hold_run_dir\n"
+        f"with hold_run_dir(Path({str(run)!r})):\n    print('held', flush=True); time.sleep(4)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    assert f"process {holder.pid} " in run_dir_holder(run)
+    start = time.monotonic()
+    course._wait_for_trainer(run, poll_s=0.2)
+    assert holder.wait(timeout=10) == 0 and time.monotonic() - start > 1  # it waited for the holder to end
+    assert f"process {holder.pid}" in capsys.readouterr().out
+    assert (run / "checkpoint-10").is_dir()  # nothing of the other process's run was deleted
+    assert run_dir_holder(run) is None and run_dir_holder(tmp_path / "nowhere") is None
