@@ -4,6 +4,25 @@ A small library behind a hands-on course: a masked language model such as
 RoBERTa, trained to denoise text at every masking ratio, becomes a generator
 that writes by iterative unmasking.
 
+Glossary (the words the code, the command line, the notebooks and LEARNING_GUIDE use):
+
+- canvas: the token row a sampler writes into, start and end tokens included; its
+  masked positions are the ones still to write, its given positions (prompt, frame) stay.
+- mask ratio t: the share of positions hidden by the forward process, in [0, 1]
+  (`--mask-ratios`; the original experiment spelled it `--mask-probs`).
+- denoiser: anything that maps a canvas to logits at every position, a network or an
+  exact model (`tdlib.oracle`, `tdlib.toylang`).
+- forward pass: one call of the denoiser on the whole batch of canvases.
+- step: one round of the sampler: one forward pass, then reveals (`--steps` is the
+  number of steps; ``threshold`` and ``entropy-bound`` may stop a block early, so
+  they use at most that many forward passes).
+- reveal: to replace a masked position by a drawn token; a pass that reveals several
+  positions draws each from its own conditional, independently.
+- plan: which positions each step reveals (a schedule says how many; ``dilated`` fixes
+  which, in advance; `tdlib.schedules`).
+- clash: words revealed together that cannot stand together; the canvas is then
+  impossible, and an exact denoiser has no answer on it (`tdlib.price.first_clash`).
+
 Module map: one concept per module, in three layers. The core computes and
 knows nothing of screens. The drawing layer turns what the core returns
 (metrics records, trajectories, schedules) into text, HTML and figures; it

@@ -58,7 +58,8 @@ class SamplerConfig:
     grows its flag from the field.
     """
 
-    num_steps: int = _option(32, "denoising steps = forward passes", flag="--steps")
+    num_steps: int = _option(32, "denoising steps: one forward pass each (threshold and entropy-bound may "
+                                    "use fewer)", flag="--steps")
     schedule: str = _option("linear", "tokens masked after each step", choices=SCHEDULES)
     strategy: str = _option(
         "confidence",

@@ -159,7 +159,8 @@ def steps_table(
 
     Each metric present in the rows gets a bold heading with what it means
     (`STEP_METRIC_NOTES`), then a table with one line per (strategy, schedule)
-    and one column per number of steps (= forward passes), so a line reads as
+    and one column per number of steps (one forward pass each, at most, for the adaptive
+    strategies), so a line reads as
     that setting's curve. Metrics absent from every row are left out (e.g.
     generative perplexity without a reference); a missing cell shows as "-".
     """
@@ -172,7 +173,7 @@ def steps_table(
             continue
         note = STEP_METRIC_NOTES.get(metric, "")
         lines = [
-            f"**{metric}**: " + (f"{note}. " if note else "") + "Columns: steps (= forward passes).",
+            f"**{metric}**: " + (f"{note}. " if note else "") + "Columns: steps (a forward pass each; adaptive strategies may use fewer).",
             "",
             "| strategy | schedule | " + " | ".join(str(s) for s in sweep) + " |",
             "|---|---|" + "---:|" * len(sweep),
