@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-gap", type=int, default=0,
+                   help="space the reveals of one pass (random, dilated, confidence, margin, entropy only)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--human-dataset", help="corpus of the human reference texts (default: the checkpoint's own)")
     p.add_argument("--data-dir", help="folder of --human-dataset's files (wikitext-2 and the like)")
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             schedules=args.schedules.split(","), num_samples=args.num_samples, max_length=args.max_length,
             prefix=args.prefix, sampling=args.sampling, top_k=args.top_k, top_p=args.top_p,
             temperature=args.temperature, seed=args.seed, reference=reference, progress=not args.quiet,
+            min_gap=args.min_gap,
         )
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
