@@ -60,8 +60,8 @@ ORDERS = [  # (label, strategy, options)
     ("remask-conf", "remask-conf", {}),
 ]
 KNOBS = {  # strict (few tokens per pass) to loose
-    "threshold": ("threshold", (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005)),
-    "entropy-bound": ("entropy_bound", (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0, 64.0)),
+    "threshold": ("threshold", (0.9, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.005)),
+    "entropy-bound": ("entropy_bound", (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0)),
 }
 LABELS = ("L", "L/2", "L/4", "L/8")
 PRICED = ("random", "dilated")  # the orders whose plan is fixed in advance

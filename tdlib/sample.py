@@ -58,14 +58,20 @@ class SamplerConfig:
     grows its flag from the field.
     """
 
-    num_steps: int = _option(32, "denoising steps: one forward pass each (threshold and entropy-bound may "
-                                    "use fewer)", flag="--steps")
+    num_steps: int = _option(
+        16, "denoising steps: one forward pass each (threshold and entropy-bound may use fewer); "
+        "16 is a quarter of the default canvas, where dilated order kept the toy language's grammar",
+        flag="--steps")
     schedule: str = _option("linear", "tokens masked after each step", choices=SCHEDULES)
     strategy: str = _option(
-        "confidence",
-        "which positions to reveal at each step; resample is the original experiment's "
-        "method; threshold and entropy-bound may finish in fewer passes than --steps; "
-        "remask-* may hide tokens again", choices=STRATEGIES)
+        "dilated",
+        "which positions to reveal at each step. dilated (default) reveals together positions "
+        "far apart, which depend on each other least: on the toy language it kept 93%% of "
+        "sentences grammatical at a quarter of the passes (random order 72%%) with the "
+        "language's own variety of words, while confidence repeats itself "
+        "(bench/toy_samplers.py). resample is the original experiment's method; threshold and "
+        "entropy-bound may finish in fewer passes than --steps; remask-* may hide tokens again",
+        choices=STRATEGIES)
     sampling: str = _option("topk", "how a token is drawn", choices=SAMPLINGS)
     temperature: float = _option(1.0, "softmax temperature, > 0")
     top_k: int = _option(50, "tokens kept by --sampling topk")

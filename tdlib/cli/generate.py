@@ -5,10 +5,11 @@ call `tdlib.canvas.generate`, then print the texts, the denoising steps
 (``--show-steps``), an animation (``--animation FILE.html|FILE.gif``) or one JSON
 object (``--json``); steps and animations are drawn by `tdlib.render`, so this
 command imports no Jupyter code. The sampler's flags are the fields of
-`tdlib.sample.SamplerConfig`, with its defaults and help: 32 steps on a linear
-schedule, revealing the most confident tokens first (``--strategy confidence``; the
-original experiment's method is ``--strategy resample``), drawing from the top 50
-tokens at temperature 1. The canvas is 64 tokens, seed 0 (same command, same text).
+`tdlib.sample.SamplerConfig`, with its defaults and help: 16 steps on a linear
+schedule in dilated order (each pass reveals positions far apart, chosen by
+measurement: `bench/toy_samplers.py`), drawing from the top 50 tokens at temperature 1;
+the original experiment's sampler is one flag away, ``--strategy resample``. The canvas
+is 64 tokens, seed 0 (same command, same text).
 """
 
 from __future__ import annotations
