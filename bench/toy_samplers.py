@@ -17,7 +17,8 @@ The orders: ``random``, ``confidence``, ``dilated``, ``confidence`` with ``--min
 
 ``threshold`` and ``entropy-bound`` decide their own passes: each runs once per knob
 value with at most one pass per word, and the cell of budget P is the strictest knob
-whose mean passes per sample are at most P (the table gives the passes used).
+whose mean passes per sample lie in (P/2, P], so that the cells of a column are matched
+(the table gives the knob and the passes used; "-" when no knob lands there).
 
     python bench/toy_samplers.py                     # trains the toy preset first (about 4 min)
     python bench/toy_samplers.py --run-dir runs/course-toy
@@ -113,8 +114,8 @@ def cells_for(denoiser, tokenizer, language: ToyLanguage, length: int, budgets: 
         if strategy in ADAPTIVE:
             name, values = KNOBS[strategy]
             grid = [cell(num_steps=length, **{name: v}) for v in values]
-            for budget in budgets:
-                fits = [r for r in grid if r["passes"] <= budget + 1e-9]
+            for budget in budgets:  # matched: more than half the budget's passes, and no more than the budget
+                fits = [r for r in grid if budget / 2 < r["passes"] <= budget + 1e-9]
                 if fits:
                     cells[label, budget] = {**fits[0], "knob": f"{name} {fits[0][name]:g}"}
         else:
@@ -148,6 +149,7 @@ def table(cells: dict, budgets: list[int], metric: str) -> str:
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 values.append("-")
                 continue
+            value = 0.0 if abs(value) < 5e-4 else value  # a price is >= 0; -0.000 is rounding
             text = f"{value:.3f}" + (f" ± {row['price_stderr']:.3f}" if metric == "price_bits_per_token" else "")
             if "knob" in row:
                 text += f" ({row['knob']}, {row['passes']:.1f} passes)"
