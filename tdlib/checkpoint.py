@@ -235,14 +235,14 @@ def run_dir_holder(run_dir: str | Path) -> str | None:
         import fcntl
     except ImportError:  # pragma: no cover - not a POSIX system
         return None
-    path = Path(run_dir) / LOCK_FILE
-    if not path.is_file():
+    try:
+        fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:  # no lock file, or its holder has just let go and removed it
         return None
-    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted only when no trainer holds it
     except BlockingIOError:
-        return _holder(path)
+        return _holder(Path(run_dir) / LOCK_FILE)
     finally:
         os.close(fd)  # closing lets go of a shared lock taken here
     return None

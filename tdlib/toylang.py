@@ -255,10 +255,12 @@ class ToyLanguage:
         """
         device, xt = xt.device, xt.cpu()
         tokens, run, cols = self._content(xt)
-        logp = self.hmm.marginals(tokens).log()  # (B, L, V) content columns; NaN on an impossible canvas
-        no_answer = ~(logp.exp().sum(-1) > 0)  # (B, L) masked positions of impossible canvases (rows of 0 or NaN)
-        words = self.hmm.emission.sum(0) > 0  # (V,) tokens some state emits
-        logp[no_answer] = torch.zeros_like(logp[0, 0]).masked_fill(~words, float("-inf"))  # uniform over words
+        probs = self.hmm.marginals(tokens)  # (B, L, V) content columns; rows of 0 or NaN on an impossible canvas
+        no_answer = ~(probs.sum(-1) > 0)  # (B, L) masked positions of impossible canvases
+        logp = probs.log()
+        if no_answer.any():
+            words = self.hmm.emission.sum(0) > 0  # (V,) tokens some state emits
+            logp[no_answer] = torch.zeros_like(logp[0, 0]).masked_fill(~words, float("-inf"))  # uniform over words
         logits = torch.nn.functional.one_hot(xt, len(self.vocab)).double().log()  # (B, L, V)
         rows, j = run.nonzero(as_tuple=True)
         logits[rows, cols[rows, j]] = logp[rows, j]
