@@ -19,10 +19,10 @@ records.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from tdlib.checkpoint import atomic_write_text
 from tdlib.errors import UserError, check
 
 METRICS_FILE = "metrics.jsonl"  # a run directory's metrics log, one JSON record per line
@@ -51,9 +51,7 @@ class MetricsLog:
                     continue  # a line cut by a kill
                 if record.get("step", 0) <= resume_step and record.get("event") != END:
                     kept.append(line)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(k + "\n" for k in kept))
         elif resume_step is None and path.exists():
             path.unlink()
 

@@ -220,17 +220,19 @@ def _at(revealed: torch.Tensor, rows, cols, tokens, p_token) -> Reveal:
 
 def reveal_random(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal:
     """``random``: reveal a uniformly random subset, then draw only there."""
-    revealed = run.pick(run.noise(), masked, count)
-    rows, cols, logp = run.log_probs(revealed)
-    tokens = run.drawer(logp)()
-    return revealed, rows, cols, tokens, logp.gather(1, tokens[:, None])[:, 0].exp()
+    return _draw_at(run, run.pick(run.noise(), masked, count))
 
 
 def reveal_dilated(run: Run, masked: torch.Tensor, count: torch.Tensor) -> Reveal:
     """``dilated``: reveal the next ``count`` positions of the plan fixed at the start
     (`Run.dilated_order`), then draw only there. With the plan's own schedule each pass
     reveals exactly one set of `tdlib.schedules.dilated_plan`."""
-    revealed = run.pick(-run.dilated_order(), masked, count)
+    return _draw_at(run, run.pick(-run.dilated_order(), masked, count))
+
+
+def _draw_at(run: Run, revealed: torch.Tensor) -> Reveal:
+    """The `Reveal` of positions chosen before the denoiser call: one call at ``revealed`` (B, L),
+    one draw at each of them."""
     rows, cols, logp = run.log_probs(revealed)
     tokens = run.drawer(logp)()
     return revealed, rows, cols, tokens, logp.gather(1, tokens[:, None])[:, 0].exp()
