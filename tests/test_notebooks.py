@@ -133,3 +133,22 @@ def test_the_guard_catches_a_number_no_output_prints():
                                             "not $0.5$ or `x = 2.5`.\n## Exercises"},
     ]}
     assert _unprinted(nb) == ["1.49", "1.545"]
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|home|root|tmp|Users|mnt|var|opt)/")  # a folder of the machine that ran it
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_outputs_print_no_path_of_the_machine_that_ran_them(name):
+    found = []
+    for number, cell in enumerate(_load(name)["cells"]):
+        for output in cell.get("outputs", []):
+            texts = [output.get("text", "")] + [output.get("data", {}).get("text/plain", "")]
+            text = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+            found += [f"cell {number}: {line.strip()}" for line in text.splitlines() if MACHINE_PATH.search(line)]
+    assert not found, f"{name} prints absolute paths (print them relative to the project, course.shown): {found[:3]}"
+
+
+def test_the_path_check_catches_one():
+    assert MACHINE_PATH.search(">>> using the toy course model in /work/main/runs/course-toy")
+    assert not MACHINE_PATH.search(">>> using the toy course model in runs/course-toy")
