@@ -1,6 +1,6 @@
 """The course's own helpers: which model a notebook uses, and how a long run is started.
 
-Notebooks 03 to 05 open their models with `course_model`, which looks in one
+Notebooks 03 to 06 open their models with `course_model`, which looks in one
 place and says, in one loud line, which model it found:
 
 - ``"toy"``: the toy language's model that notebook 02 trains (``runs/course-toy``);

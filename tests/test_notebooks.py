@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_masking", "02_training", "03_schedules", "04_sampling", "05_evaluation"]
+NAMES = ["01_masking", "02_training", "03_schedules", "04_sampling", "05_parallel_decoding", "06_evaluation"]
 HEADINGS = ["## Goal", "## Run", "## Look", "## What we saw", "## Exercises"]
 SMOKE_LINE = 'SMOKE = os.environ.get("TDLIB_SMOKE") == "1"'
 
