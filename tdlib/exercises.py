@@ -72,7 +72,7 @@ def check(exercise: int | str, answer: Any, expected: Any, *, tol: float = 0.0, 
         print(f"{label}: not yet, your code raised {type(error).__name__}: {error}" + (f" (hint: {hint})" if hint else ""))
         return False
     if _unanswered(value):
-        print(f"{label}: not answered yet (fill in the cell above, then run it again)")
+        print(f"{label}: not answered yet (write your answer in this cell, then run it again)")
         return None
     if matches(value, expected, tol):
         print(f"{label}: right" + (f" (within {tol:g})" if tol else ""))
