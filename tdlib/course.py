@@ -41,11 +41,13 @@ SMOKE_OVERRIDES = {  # seconds-long stand-ins, one per kind
 
 
 def runs_dir() -> Path:
-    """Where course runs live: ``$TDLIB_RUNS``, else ``runs/`` at the project root (``../runs`` from notebooks/)."""
+    """Where course runs live: ``$TDLIB_RUNS``, else ``runs/`` at the project root (``../runs`` from notebooks/,
+    ``../../runs`` from notebooks/solutions/)."""
     if os.environ.get("TDLIB_RUNS"):
         return Path(os.environ["TDLIB_RUNS"])
     here = Path.cwd()
-    return here.parent / "runs" if here.name == "notebooks" else here / "runs"
+    inside = next((folder for folder in (here, *here.parents) if folder.name == "notebooks"), None)
+    return inside.parent / "runs" if inside else here / "runs"
 
 
 def run_dir(kind: str, *, smoke: bool = False) -> Path:

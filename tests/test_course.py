@@ -44,6 +44,9 @@ def test_runs_dir_from_the_notebooks_folder(monkeypatch, tmp_path):
     assert course.runs_dir() == tmp_path / "runs"
     monkeypatch.chdir(tmp_path)
     assert course.runs_dir() == tmp_path / "runs"
+    (tmp_path / "notebooks" / "solutions").mkdir()  # the worked solutions share the course's runs
+    monkeypatch.chdir(tmp_path / "notebooks" / "solutions")
+    assert course.runs_dir() == tmp_path / "runs"
 
 
 def test_the_toy_model_is_trained_once_then_found(runs, capsys):
