@@ -45,15 +45,25 @@ if TYPE_CHECKING:
 MASK_GLYPH = "\u25af"  # ▯ a still-masked position, in the terminal, animations and widgets
 FONT = "font-family:system-ui,sans-serif;"
 FRAME_STYLE = f"{FONT}font-size:14px;line-height:2.0;"
+
+
+def themed(level: int, fallback: str) -> str:
+    """A text colour from the JupyterLab theme (content font colour ``level``, 0 = strongest), light or dark;
+    ``fallback`` (the light look) where the page has no theme, as in a plain HTML export."""
+    return f"color:var(--jp-content-font-color{level},{fallback});"
+
+
+RULE = "var(--jp-border-color2,#eee)"  # a thin separating line, from the theme
+# backgrounds are translucent tints, readable under the theme's text colour on light and dark pages alike
 STYLES = {
     "td-mask": (
         "display:inline-block;min-width:1.6em;text-align:center;line-height:1.4;"
-        "background:#d4d4d4;color:#6b6b6b;border-radius:3px;font-family:monospace;"
+        f"background:rgba(128,128,128,0.35);{themed(2, '#6b6b6b')}border-radius:3px;font-family:monospace;"
     ),
-    "td-new": "border-radius:3px;padding:1px 2px;outline:1px solid #d96c00;",
-    "td-old": "color:#222;",
-    "td-given": "font-weight:bold;text-decoration:underline;color:#123;",
-    "td-final": "border-radius:3px;padding:1px 1px;",
+    "td-new": f"border-radius:3px;padding:1px 2px;outline:1px solid #d96c00;{themed(1, '#222')}",
+    "td-old": themed(1, "#222"),
+    "td-given": f"font-weight:bold;text-decoration:underline;{themed(0, '#123')}",
+    "td-final": f"border-radius:3px;padding:1px 1px;{themed(1, '#222')}",
 }
 
 
@@ -100,18 +110,19 @@ def _join_spans(items: Sequence[tuple[Piece, str]]) -> str:
 def _frame(body: str, head: str, legend: str = "") -> str:
     return (
         f'<div class="td-frame" style="{FRAME_STYLE}">'
-        f'<div class="td-head" style="color:#555;font-size:12px;">{head}</div>{body}{legend}</div>'
+        f'<div class="td-head" style="{themed(2, "#555")}font-size:12px;">{head}</div>{body}{legend}</div>'
     )
 
 
 def _row(label: str, spans: str) -> str:
-    label_style = "color:#888;font-size:11px;margin-right:6px;"
+    label_style = f"{themed(3, '#888')}font-size:11px;margin-right:6px;"
     label_html = f'<span class="td-label" style="{label_style}">{html.escape(label)}</span>'
     return f'<div class="td-sample" style="margin:2px 0 6px 0;">{label_html}{spans}</div>'
 
 
 def _new_style(p: float) -> str:
-    alpha = 0.6 if math.isnan(p) else 0.15 + 0.85 * p  # darker orange = the sampler was surer
+    # a stronger orange = the sampler was surer; at most 0.5, so the theme's text stays readable on it (light or dark)
+    alpha = 0.4 if math.isnan(p) else 0.1 + 0.4 * p
     return f"{STYLES['td-new']}background:rgba(255,150,30,{alpha:.2f});"
 
 
@@ -209,7 +220,7 @@ def _sample_rows(
 
 
 def _legend(items: Sequence[str]) -> str:
-    style = "color:#666;font-size:11px;border-top:1px solid #eee;margin-top:4px;"
+    style = f"{themed(2, '#666')}font-size:11px;border-top:1px solid {RULE};margin-top:4px;"
     return (
         f'<div class="td-legend" style="{style}">' + " &nbsp;&middot;&nbsp; ".join(items) + "</div>"
     )
@@ -220,7 +231,7 @@ def _legend_step() -> str:
         [
             _span(MASK_GLYPH, "td-mask", STYLES["td-mask"]) + " still masked",
             _span("word", "td-new", _new_style(0.9))
-            + " revealed at this step (darker = more probable)",
+            + " revealed at this step (stronger = more probable)",
             _span("word", "td-old", STYLES["td-old"]) + " revealed earlier",
             _given_span("word", "") + " given (prompt)",
         ]
@@ -286,7 +297,7 @@ def render_final_html(
     *,
     max_samples: int = 8,
 ) -> str:
-    """Static HTML of the final text, each token shaded by when it was revealed (darker = earlier)."""
+    """Static HTML of the final text, each token tinted by when it was revealed (stronger = earlier)."""
     arrays = _arrays(trajectory)
     num_steps = arrays.num_steps
     tokens, probs = arrays.tokens[-1], arrays.probs[-1]  # (B, L) each
@@ -304,7 +315,7 @@ def render_final_html(
 
     rows = _sample_rows(tokenizer, tokens, arrays.mask_id, samples, span_of)
     head = (
-        f"final text after {num_steps} steps &middot; darker = revealed earlier"
+        f"final text after {num_steps} steps &middot; stronger tint = revealed earlier"
         f" (hover for step and probability){_shown_note(arrays, samples)}"
     )
     return _frame(rows, head, _legend_final())
@@ -343,7 +354,7 @@ def masking_html(
     """HTML of one sentence masked at ratio ``t``: a head line counting the masks, then the tokens."""
     protected = _flat(protected, len(protected))
     head = (
-        f"<div class='td-head' style='{FONT}color:#555;font-size:12px'>t = {t:.2f}: "
+        f"<div class='td-head' style='{FONT}{themed(2, '#555')}font-size:12px'>t = {t:.2f}: "
         f"{int(_flat(masked, len(masked)).sum())} of {int((~protected).sum())} maskable tokens masked</div>"
     )
     return head + render_tokens_html(xt, tokenizer, masked, protected)

@@ -18,7 +18,7 @@ import torch
 from tdlib import draws
 from tdlib.errors import check
 from tdlib.pieces import candidate_label
-from tdlib.render import FONT
+from tdlib.render import FONT, themed
 from tdlib.sample import SamplerConfig, sampler_config
 from tdlib.schedules import masked_counts
 
@@ -120,7 +120,7 @@ def sampling_table_html(
     ]
     for rank, (i, piece) in enumerate(zip(order.tolist(), pieces, strict=True), start=1):
         cls = "td-kept" if kept[i] else "td-dropped"
-        look = "" if kept[i] else "color:#aaa;text-decoration:line-through;"
+        look = "" if kept[i] else f"{themed(3, '#aaa')}text-decoration:line-through;"
         width = 160 * float(kept_p[i])
         bar = f"<div style='background:#4a7ab0;height:10px;width:{width:.1f}px'></div>"
         rows.append(
@@ -131,7 +131,7 @@ def sampling_table_html(
             f"<td style='{cell}'>{float(kept_p[i]):.3f}</td><td>{bar}</td></tr>"
         )
     summary = (
-        f"<div class='td-summary' style='{FONT}font-size:12px;color:#555'>"
+        f"<div class='td-summary' style='{FONT}font-size:12px;{themed(2, '#555')}'>"
         f"kept {int(kept.sum())} of {kept.numel()} tokens ({_settings(config)})</div>"
     )
     return (

@@ -43,7 +43,8 @@ SNAPSHOT_CAPTION = "static snapshot of the widget above (what it shows now; visi
 def _show(widget, snapshot: str) -> None:
     """Display a live widget and, under it, its static HTML snapshot."""
     display(widget)
-    display(HTML(f'<div style="color:#777;font-size:85%;margin-top:4px">{SNAPSHOT_CAPTION}</div>{snapshot}'))
+    caption = f'<div style="{render.themed(2, "#777")}font-size:85%;margin-top:4px">{SNAPSHOT_CAPTION}</div>'
+    display(HTML(caption + snapshot))
 
 
 # ---------------------------------------------------------------- trajectories
@@ -112,7 +113,8 @@ class CompareScrubber:
         self.tokenizers = tokenizers if isinstance(tokenizers, dict) else {k: tokenizers for k in self.trajectories}
         self.sample = sample
         self.num_steps = max(len(t.tokens) - 1 for t in self.trajectories.values())
-        self.play = widgets.Play(value=0, min=0, max=self.num_steps, step=1, interval=interval_ms, description="play")
+        # the play button starts at `step` too: in the browser the link sets the slider to the button's value
+        self.play = widgets.Play(value=step, min=0, max=self.num_steps, step=1, interval=interval_ms, description="play")
         self.slider = widgets.IntSlider(value=step, min=0, max=self.num_steps, description="step")
         widgets.jslink((self.play, "value"), (self.slider, "value"))
         self._frames: dict[int, dict[str, str]] = {}

@@ -3,12 +3,17 @@
 Starts JupyterLab on 127.0.0.1 with an empty token in a temporary HOME holding a
 tiny notebook of two cells (one scrubber each), runs one cell, presses Play and
 checks that the step shown in the page advances: in the single scrubber, and in
-both panes of the side-by-side one. Needs Debian's /usr/bin/chromium and the playwright package
+both panes of the side-by-side one. A third cell opens the side-by-side scrubber at
+its half-way step, in the light theme and in "JupyterLab Dark", and every word it
+shows must contrast with its background as WCAG asks of text (a ratio of at least
+4.5, from the computed colours). Needs Debian's /usr/bin/chromium and the playwright package
 (`apt-get install -y chromium`, `pip install playwright`; never `playwright install`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import socket
@@ -86,6 +91,37 @@ right = trajectory([0, 3, 10, 11, 6, 7, 8, 9, 1], [[7, 2], [1], [3, 4, 5], [6]])
 CompareScrubber({"left run": left, "right run": right}, tokenizer, interval_ms=400)
 """
 
+HALFWAY_CODE = COMPARE_CODE.replace("interval_ms=400)", "step=2, interval_ms=400)")  # the half-way step of 4
+DARK_THEME = "JupyterLab Dark"
+
+# For each token span under an element: its text colour and background as the page computes them, the
+# background composed from the first opaque one up the tree (translucent tints over it), and their WCAG
+# contrast ratio (relative luminances L, (L_light + 0.05) / (L_dark + 0.05)).
+CONTRAST_JS = """(root) => {
+  const parse = (s) => { const v = s.match(/[\\d.]+/g).map(Number); return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1]; };
+  const over = (top, below) => [0, 1, 2].map((i) => top[3] * top[i] + (1 - top[3]) * below[i]).concat([1]);
+  const lum = (c) => [0.2126, 0.7152, 0.0722].reduce((sum, w, i) => {
+    const v = c[i] / 255;
+    return sum + w * (v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+  }, 0);
+  const background = (element) => {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) layers.push(c);
+      if (c[3] >= 1) return layers.reverse().reduce((below, top) => over(top, below));
+    }
+    return null;  // no opaque background anywhere up the tree
+  };
+  return [...root.querySelectorAll('.td-tok')].map((e) => {
+    const bg = background(e);
+    const fg = bg && over(parse(getComputedStyle(e).color), bg);
+    const [light, dark] = bg ? [lum(fg), lum(bg)].sort((a, b) => b - a) : [0, 0];
+    return {cls: e.className, text: e.textContent, color: getComputedStyle(e).color, bg: bg && bg.join(','),
+            ratio: bg ? (light + 0.05) / (dark + 0.05) : 0};
+  });
+}"""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -116,10 +152,13 @@ def sync_api():
     )
 
 
-@pytest.fixture
-def jupyterlab(sync_api, tmp_path):
-    """A JupyterLab server on 127.0.0.1 (empty token) whose root holds demo.ipynb (two cells); yields its URL."""
-    cells = [nbformat.v4.new_code_cell(NOTEBOOK_CODE), nbformat.v4.new_code_cell(COMPARE_CODE)]
+@contextlib.contextmanager
+def _jupyterlab(tmp_path: Path, theme: str | None = None):
+    """A JupyterLab server on 127.0.0.1 (empty token) whose root holds demo.ipynb (three cells); yields its URL.
+
+    ``theme`` (e.g. "JupyterLab Dark") is set through a user-settings folder, as a learner's choice would be.
+    """
+    cells = [nbformat.v4.new_code_cell(code) for code in (NOTEBOOK_CODE, COMPARE_CODE, HALFWAY_CODE)]
     notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {
         "name": "python3",
@@ -127,6 +166,10 @@ def jupyterlab(sync_api, tmp_path):
         "language": "python",
     }
     nbformat.write(notebook, tmp_path / "demo.ipynb")
+    settings = tmp_path / ".lab-settings"
+    themes = settings / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    themes.parent.mkdir(parents=True)
+    themes.write_text(json.dumps({"theme": theme} if theme else {}))
     port = _free_port()
     env = {
         **os.environ,
@@ -145,6 +188,7 @@ def jupyterlab(sync_api, tmp_path):
         "--IdentityProvider.token=",
         "--ServerApp.password=",
         f"--ServerApp.root_dir={tmp_path}",
+        f"--LabApp.user_settings_dir={settings}",
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
@@ -164,15 +208,40 @@ def jupyterlab(sync_api, tmp_path):
         log.close()
 
 
-def _run_demo_cell(browser, jupyterlab: str, index: int):
-    """Open the demo notebook in JupyterLab and run its code cell ``index`` (Shift+Enter); returns the page."""
+@pytest.fixture
+def jupyterlab(sync_api, tmp_path):
+    """JupyterLab in its default (light) theme; yields its URL."""
+    with _jupyterlab(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def jupyterlab_dark(sync_api, tmp_path):
+    """JupyterLab in the "JupyterLab Dark" theme; yields its URL."""
+    with _jupyterlab(tmp_path, DARK_THEME) as url:
+        yield url
+
+
+def _open_demo(browser, jupyterlab: str):
+    """Open the demo notebook in JupyterLab and wait for its kernel; returns the page."""
     page = browser.new_page()
     page.set_default_timeout(60_000)
     page.goto(jupyterlab + "lab/tree/demo.ipynb")
     # the kernel exists only once the status bar names it; an earlier "Idle" leads to a dialog
     page.get_by_text(re.compile(r"\(ipykernel\) \| Idle")).wait_for()
+    return page
+
+
+def _run_cell(page, index: int) -> None:
+    """Run the notebook's code cell ``index`` (Shift+Enter)."""
     page.locator(".jp-Cell .jp-InputArea-editor").nth(index).click()
     page.keyboard.press("Shift+Enter")
+
+
+def _run_demo_cell(browser, jupyterlab: str, index: int):
+    """Open the demo notebook in JupyterLab and run its code cell ``index``; returns the page."""
+    page = _open_demo(browser, jupyterlab)
+    _run_cell(page, index)
     return page
 
 
@@ -227,5 +296,53 @@ def test_play_advances_both_panes_of_the_compare_scrubber(sync_api, jupyterlab):
             assert after[0] != after[1]  # two different runs, side by side
             # the static snapshot: both runs side by side in one table
             assert cell.locator(".jp-OutputArea-output table .td-frame").count() == 2
+        finally:
+            browser.close()
+
+
+def _halfway_contrasts(page) -> list[dict]:
+    """Run the third cell (the side-by-side scrubber at step 2 of 4) and measure every token it shows."""
+    _run_cell(page, 2)
+    cell = page.locator(".jp-CodeCell").nth(2)
+    cell.locator(".jp-OutputArea-output table .td-frame").nth(1).wait_for()  # the static snapshot, shown last
+    heads = "document.querySelectorAll('.jp-CodeCell')[2].querySelectorAll('.widget-html-content .td-head')"
+    page.wait_for_function(f"() => {heads}.length === 2")
+    assert cell.locator(".widget-readout").first.inner_text().strip() == "2"  # the live slider starts half-way too
+    assert all("step 2 / 4" in text for text in cell.locator(".widget-html-content .td-head").all_inner_texts())
+    return cell.evaluate(CONTRAST_JS)
+
+
+def _check_contrasts(contrasts: list[dict]) -> None:
+    """Every word at least 4.5:1 against its background (WCAG AA text); a mask chip's glyph at least 3:1."""
+    kinds = {c["cls"].split()[-1] for c in contrasts}
+    assert {"td-new", "td-old", "td-given", "td-mask"} <= kinds, kinds  # revealed now, earlier, given, masked
+    assert all(c["bg"] is not None for c in contrasts), "no opaque background up the tree"
+    words = [c for c in contrasts if not c["cls"].endswith("td-mask")]
+    low = [c for c in words if c["ratio"] < 4.5] + [c for c in contrasts if c["ratio"] < 3.0]
+    assert not low, low
+
+
+def test_words_contrast_with_their_background_in_the_light_theme(sync_api, jupyterlab):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = _open_demo(browser, jupyterlab)
+            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
+            _check_contrasts(_halfway_contrasts(page))
+        finally:
+            browser.close()
+
+
+def test_words_contrast_with_their_background_in_the_dark_theme(sync_api, jupyterlab_dark):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = _open_demo(browser, jupyterlab_dark)
+            page.wait_for_function(f"() => document.body.dataset.jpThemeName === '{DARK_THEME}'")
+            assert page.evaluate("document.body.dataset.jpThemeLight") == "false"
+            contrasts = _halfway_contrasts(page)
+            _check_contrasts(contrasts)
+            revealed = [c for c in contrasts if c["cls"].endswith(("td-new", "td-old"))]
+            assert all(c["color"] == "rgb(255, 255, 255)" for c in revealed)  # the dark theme's text colour
         finally:
             browser.close()

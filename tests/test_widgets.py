@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -194,10 +195,31 @@ def test_revealed_at_step_are_marked_and_earlier_are_plain(trajectory, tokenizer
     assert spans(html, "td-new") == ["cat", "on"]
     assert spans(html, "td-old") == ["sat", "mat"]
     assert len(spans(html, "td-mask")) == 2
-    assert 'title="p=0.90"' in html and "rgba(255,150,30,0.92)" in html  # shaded by probability
+    assert 'title="p=0.90"' in html and "rgba(255,150,30,0.46)" in html  # tinted by probability
     html = render.render_step_html(trajectory, 3, tokenizer, sample=0)
     assert spans(html, "td-new") == ["s", "."]  # '##s' is shown without its '##'
     assert "cat</span><span" in html  # ... and glued onto 'cat'
+
+
+def _styles(html: str, prop: str) -> list[str]:
+    """The values of one CSS property (``color``, ``background``) in the inline styles of ``html``."""
+    return re.findall(rf"(?<![-\w]){prop}:([^;'\"]+)", html)
+
+
+def test_colours_follow_the_jupyterlab_theme(trajectory, tokenizer):
+    # text colours are the theme's, with the light look as fallback; backgrounds are translucent tints
+    pages = [render.render_step_html(trajectory, s, tokenizer) for s in range(4)]
+    pages += [render.render_final_html(trajectory, tokenizer), widgets.MaskingExplorer("the cat sat", tokenizer).snapshot(),
+              tables.sampling_table_html(torch.tensor([2.0, 1.0, 0.0, -1.0]), tokenizer, sampling="topk", top_k=2)]
+    for page in pages:
+        colours = _styles(page, "color")
+        assert colours and all(re.fullmatch(r"var\(--jp-content-font-color[0-3],#[0-9a-f]{3,6}\)", c) for c in colours)
+    assert "var(--jp-content-font-color1,#222)" in _styles(pages[0], "color")  # the light look kept outside JupyterLab
+    tints = [b for page in pages for b in _styles(page, "background") if b != "#4a7ab0"]  # the bars of the sampling table
+    assert tints and all(b.startswith("rgba(") for b in tints)
+    orange = [float(b.split(",")[-1][:-1]) for b in tints if b.startswith("rgba(255,150,30,")]
+    assert orange and max(orange) <= 0.5  # a white (dark theme) text stays readable on the strongest tint
+    assert "border-top:1px solid var(--jp-border-color2,#eee)" in pages[0]
 
 
 def test_all_samples_when_sample_is_none(trajectory, tokenizer):
@@ -463,6 +485,8 @@ def test_compare_scrubber_moves_every_pane_and_holds_a_shorter_trajectory(tokeni
     snapshot = compare.snapshot()
     assert "<table>" in snapshot and "<b>long</b>" in snapshot and "<b>short</b>" in snapshot
     assert compare.panes["long"].value in snapshot
+    halfway = widgets.CompareScrubber({"long": trajectory}, tokenizer, sample=0, step=2)
+    assert halfway.step == halfway.play.value == 2  # in the browser the play button sets the slider: both start there
 
 
 def test_every_widget_offers_a_static_snapshot(tokenizer, trajectory):
