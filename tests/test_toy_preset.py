@@ -4,6 +4,7 @@ the command line, and the exact grades (bound against the truth, exact scores in
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -156,6 +157,10 @@ def test_the_demo_trains_the_toy_preset_and_grades_it_exactly(tmp_path, monkeypa
     assert "prompt 'the'" in out
     assert "\u25af" in out  # the steps are shown, masks drawn with the one glyph
     assert "the exact answers, on 16 held-out lines" in out
+    # two NELBOs of the same lines, each with its masks said, and a line saying why they differ
+    assert re.search(r"== NELBO on held-out text: \d\.\d{3} \+- \d\.\d{3} bits/char \(one random mask per sequence\)", out)
+    assert f"({demo.GRADING_MASKS} random masks per line)" in out
+    assert "took the same lines with one other random mask each" in out
     assert "exact denoiser" in out and "sentences grammatical" in out
     assert "tdlib demo --preset cpu" in out and "tdlib train --preset seed" in out
 
