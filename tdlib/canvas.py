@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tdlib.data import boundary_ids
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.pieces import continuation_ids
 from tdlib.sample import SamplerConfig, Trajectory, sample, sampler_config
 
@@ -41,7 +41,7 @@ def build_canvas(
     ids = encoded["input_ids"] if text.strip() else []
     room = max_length - 2
     if infill:
-        check(len(ids) <= room,
+        require(len(ids) <= room,
               f"the text is {len(ids)} tokens; --max-length {max_length} allows {room}")
         canvas = [start_id, *ids, end_id]
         # a mask after whitespace (or at the start) is a new word: no continuation piece there
@@ -50,7 +50,7 @@ def build_canvas(
                        if token == mask_id and (begin == 0 or text[begin - 1].isspace())]
         forbidden_at = dict.fromkeys(word_starts, continuation_ids(tokenizer))
     else:
-        check(
+        require(
             len(ids) < room,
             f"the prefix is {len(ids)} tokens, leaving no room in --max-length {max_length} "
             f"(at most {room - 1} prefix tokens); shorten the prefix or raise --max-length",
@@ -120,17 +120,17 @@ def generate(
     any denoiser callable; ``seed=None`` draws a fresh seed.
     """
     config = sampler_config(config, **options)
-    check(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
-    check(max_length >= 3,
+    require(num_samples >= 1, f"--num-samples must be at least 1, got {num_samples}")
+    require(max_length >= 3,
           f"--max-length must be at least 3 (start, one token, end), got {max_length}")
     denoiser, device = _denoiser_and_device(model, device)
     limit = position_limit(model, tokenizer)
-    check(limit is None or max_length <= limit,
+    require(limit is None or max_length <= limit,
           f"--max-length {max_length} exceeds the model's {limit} positions; "
           f"use --max-length {limit} or less")
     mask_id = tokenizer.mask_token_id
     canvas, forbidden_at = build_canvas(tokenizer, prefix, max_length)
-    check(config.min_gap <= len(canvas) - 2,
+    require(config.min_gap <= len(canvas) - 2,
           f"--min-gap {config.min_gap} is wider than the canvas ({len(canvas) - 2} tokens between "
           f"start and end); use a gap of at most {len(canvas) - 2}")
     prefix_tokens = len(canvas) - 2 - canvas.count(mask_id)  # continuation: tokens before masks

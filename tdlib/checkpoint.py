@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 
 LATEST_FILE = "latest"  # a run directory's plain file naming its newest checkpoint
 STATE_FILE = "trainer_state.pt"  # beside each checkpoint: optimizer state, step and seconds trained
@@ -134,7 +134,7 @@ def _complete_safetensors(weights: Path) -> bool:
     try:
         with open(weights, "rb") as fh:
             header_len = struct.unpack("<Q", fh.read(8))[0]
-            check(8 + header_len <= size, "header longer than file")
+            require(8 + header_len <= size, "header longer than file")
             header = json.loads(fh.read(header_len))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         return 8 + header_len + end == size
@@ -157,10 +157,10 @@ def latest_name(run_dir: Path) -> str | None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """The model directory behind ``path``: itself, or a run's final model or newest good checkpoint."""
     path = Path(path).expanduser()
-    check(path.exists(), f"checkpoint {path} does not exist; pass a run directory or a model directory")
+    require(path.exists(), f"checkpoint {path} does not exist; pass a run directory or a model directory")
     if (path / "config.json").exists() or (path / "model.safetensors").exists():
         problem = validate_model_dir(path)
-        check(problem is None, f"cannot use checkpoint: {problem}")
+        require(problem is None, f"cannot use checkpoint: {problem}")
         return path
     candidates: list[Path] = []
     if (path / FINAL_MODEL).is_dir():
@@ -169,7 +169,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         candidates.append(path / latest_name(path))
     candidates += list(reversed(list_checkpoints(path)))
     candidates = list(dict.fromkeys(candidates))  # `latest` also names one of the checkpoints
-    check(bool(candidates), f"{path} holds no model: no {FINAL_MODEL}/ and no checkpoint-STEP/ folders")
+    require(bool(candidates), f"{path} holds no model: no {FINAL_MODEL}/ and no checkpoint-STEP/ folders")
     problems = []
     for candidate in candidates:
         problem = validate_model_dir(candidate)

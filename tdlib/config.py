@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from tdlib.data import EXAMPLE_MODES
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.heads import HEAD_INITS
 from tdlib.masking import MASKING_MODES, ORIGINAL_RATIOS, check_ratios
 from tdlib.objectives import HEAD_VOCABS, OBJECTIVES, WEIGHTINGS
@@ -70,39 +70,39 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every value; raise UserError naming the flag to fix."""
-        check(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}")
-        check(self.example_mode in EXAMPLE_MODES, f"unknown example mode {self.example_mode!r}")
-        check(self.masking in MASKING_MODES, f"unknown masking mode {self.masking!r}")
-        check(self.loss_weighting in WEIGHTINGS, f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}")
+        require(self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}")
+        require(self.example_mode in EXAMPLE_MODES, f"unknown example mode {self.example_mode!r}")
+        require(self.masking in MASKING_MODES, f"unknown masking mode {self.masking!r}")
+        require(self.loss_weighting in WEIGHTINGS, f"--loss-weighting must be one of {', '.join(WEIGHTINGS)}")
         check_ratios(self.ratios)
-        check(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
-        check(self.corpus_size is None or self.corpus_size >= 1, f"--corpus-size must be >= 1, got {self.corpus_size}")
-        check(self.prefix_length >= 0, f"--prefix-length must be >= 0, got {self.prefix_length}")
-        check(
+        require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
+        require(self.corpus_size is None or self.corpus_size >= 1, f"--corpus-size must be >= 1, got {self.corpus_size}")
+        require(self.prefix_length >= 0, f"--prefix-length must be >= 0, got {self.prefix_length}")
+        require(
             self.prefix_length <= self.max_length - 3,
             f"--prefix-length {self.prefix_length} leaves nothing to learn in --max-length {self.max_length}",
         )
-        check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        check(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
               f"--batch-size {self.batch_size} must be a multiple of the gradient accumulation {self.grad_accum}")
-        check(self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be > 0")
-        check(self.warmup_steps >= 0, "--warmup-steps must be >= 0")
-        check(self.epochs > 0, "--epochs must be > 0")
-        check(self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1")
-        check(self.eval_steps >= 1 and self.save_steps >= 1 and self.log_steps >= 1,
+        require(self.learning_rate > 0 and math.isfinite(self.learning_rate), "--learning-rate must be > 0")
+        require(self.warmup_steps >= 0, "--warmup-steps must be >= 0")
+        require(self.epochs > 0, "--epochs must be > 0")
+        require(self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1")
+        require(self.eval_steps >= 1 and self.save_steps >= 1 and self.log_steps >= 1,
               "--eval-steps, --save-steps and log steps must be >= 1")
-        check(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
-        check(0 <= self.seed < 2**32, f"--seed must be in 0 .. {2**32 - 1}, got {self.seed}")
-        check(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
-        check(not self.lr_over_time or (self.time_budget_s is not None and 0 < self.time_budget_s < math.inf),
+        require(self.save_total_limit is None or self.save_total_limit >= 1, "--save-total-limit must be >= 1")
+        require(0 <= self.seed < 2**32, f"--seed must be in 0 .. {2**32 - 1}, got {self.seed}")
+        require(self.time_budget_s is None or self.time_budget_s >= 0, "--time-budget must be >= 0")
+        require(not self.lr_over_time or (self.time_budget_s is not None and 0 < self.time_budget_s < math.inf),
               "--lr-over-time needs a finite --time-budget > 0 to decay over")
-        check(not self.save_at_s or self.lr_over_time, "checkpoints by seconds (save_at_s) need --lr-over-time")
-        check(all(0 < s for s in self.save_at_s), "save_at_s must be positive seconds")
-        check(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
-        check(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
-        check(self.head_vocab in HEAD_VOCABS, f"--head-vocab must be one of {', '.join(HEAD_VOCABS)}")
-        check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
-        check(self.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {self.freeze_layers}")
+        require(not self.save_at_s or self.lr_over_time, "checkpoints by seconds (save_at_s) need --lr-over-time")
+        require(all(0 < s for s in self.save_at_s), "save_at_s must be positive seconds")
+        require(self.head_init in HEAD_INITS, f"--head-init must be one of {', '.join(HEAD_INITS)}")
+        require(self.head_lr_scale > 0 and math.isfinite(self.head_lr_scale), "--head-lr-scale must be > 0")
+        require(self.head_vocab in HEAD_VOCABS, f"--head-vocab must be one of {', '.join(HEAD_VOCABS)}")
+        require(self.dropout is None or 0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}")
+        require(self.freeze_layers >= 0, f"--freeze-layers must be >= 0, got {self.freeze_layers}")
         return self
 
 
@@ -143,7 +143,7 @@ PRESETS: dict[str, dict] = {  # each preset lists only where it differs from the
 
 def preset(name: str, **overrides) -> TrainConfig:
     """A TrainConfig from a preset, with keyword overrides (None values are ignored)."""
-    check(name in PRESETS, f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    require(name in PRESETS, f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
     values = dict(PRESETS[name])
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values).validate()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tdlib import runlog
 from tdlib.checkpoint import FINAL_MODEL
-from tdlib.errors import check
+from tdlib.errors import require
 
 KINDS = ("toy", "text")
 RUN_NAMES = {"toy": "course-toy", "text": "course-text"}
@@ -52,7 +52,7 @@ def runs_dir() -> Path:
 
 def run_dir(kind: str, *, smoke: bool = False) -> Path:
     """The directory of a course model: ``runs/course-toy``, ``runs/course-text`` (``-smoke`` for stand-ins)."""
-    check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
+    require(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
     return runs_dir() / (RUN_NAMES[kind] + ("-smoke" if smoke else ""))
 
 
@@ -85,7 +85,7 @@ def real_text_corpus() -> tuple[str, dict[str, list[str]]]:
 
 def _recipe(kind: str, smoke: bool) -> tuple[str, dict]:
     """The preset a course model trains with, and the fields where it differs from that preset."""
-    check(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
+    require(kind in KINDS, f"unknown course model {kind!r}: use one of {', '.join(KINDS)}")
     if smoke:
         return ("smoke" if kind == "text" else COURSE_PRESETS[kind]), dict(SMOKE_OVERRIDES[kind])
     return COURSE_PRESETS[kind], (real_text_source() if kind == "text" else {})
@@ -153,7 +153,7 @@ def course_model(kind: str = "toy", *, run: str | Path | None = None, smoke: boo
     named = run if run is not None else os.environ.get(RUN_ENV)
     if named:
         directory = Path(named).expanduser()
-        check(has_final_model(directory), f"{directory} holds no {FINAL_MODEL}/: name a finished run directory")
+        require(has_final_model(directory), f"{directory} holds no {FINAL_MODEL}/: name a finished run directory")
         return _open(directory, f"using the run you named: {shown(directory)}")
     directory = run_dir(kind, smoke=smoke)
     if has_final_model(directory):
@@ -194,7 +194,7 @@ def _fresh(directory: Path) -> None:
     """Clear an unfinished run directory (never a finished one) so a new run can start there."""
     import shutil
 
-    check(not has_final_model(directory), f"{directory} holds a finished model; refusing to overwrite it")
+    require(not has_final_model(directory), f"{directory} holds a finished model; refusing to overwrite it")
     shutil.rmtree(directory, ignore_errors=True)
 
 

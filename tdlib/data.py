@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 from tdlib.pieces import bare
 
 SPLITS = ("train", "valid", "test")  # the splits of every corpus
@@ -96,7 +96,7 @@ def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None,
     generated toy corpus; other corpora are read as they are.
     """
     name = str(name_or_path)
-    check(name == TOY or num_lines is None, "--corpus-size applies to the generated toy corpus only (--dataset toy)")
+    require(name == TOY or num_lines is None, "--corpus-size applies to the generated toy corpus only (--dataset toy)")
     if name == TOY:
         return _toy_corpus(num_lines, num_words)
     if name in PYDOC:
@@ -106,7 +106,7 @@ def load_corpus(name_or_path: str = "pydoc", data_dir: str | Path | None = None,
             folder = Path(data_dir).expanduser()
             if (folder / WIKITEXT[name]).is_dir():  # a parent folder holding both variants
                 folder = folder / WIKITEXT[name]
-            check(folder.is_dir(), f"--data-dir {folder} is not a folder")
+            require(folder.is_dir(), f"--data-dir {folder} is not a folder")
             return _split_files(folder)
         return _wikitext_from_hub(WIKITEXT[name])
     path = Path(name).expanduser()
@@ -126,8 +126,8 @@ def _toy_corpus(num_lines: int | None, num_words: int | None) -> dict[str, list[
 
     num_lines = TOY_LINES["train"] if num_lines is None else num_lines
     num_words = TOY_WORDS if num_words is None else num_words
-    check(num_lines >= 1, f"--corpus-size must be at least 1 line, got {num_lines}")
-    check(num_words >= 1, f"a toy line needs at least 1 word, got {num_words}")
+    require(num_lines >= 1, f"--corpus-size must be at least 1 line, got {num_lines}")
+    require(num_words >= 1, f"a toy line needs at least 1 word, got {num_words}")
     return ToyLanguage().corpus(num_lines, TOY_LINES["valid"], TOY_LINES["test"], num_words=num_words)
 
 
@@ -161,7 +161,7 @@ def _split_files(folder: Path) -> dict[str, list[str]]:
     if splits:
         return splits
     texts = sorted(folder.glob("*.txt"))
-    check(bool(texts), f"{folder} holds no train.txt/valid.txt/test.txt and no .txt files")
+    require(bool(texts), f"{folder} holds no train.txt/valid.txt/test.txt and no .txt files")
     lines: list[str] = []
     for p in texts:
         lines.extend(_read_lines(p))
@@ -170,7 +170,7 @@ def _split_files(folder: Path) -> dict[str, list[str]]:
 
 def _split_lines(lines: list[str], key: str) -> dict[str, list[str]]:
     """Split one text deterministically: contiguous 90 % / 5 % / 5 % by line."""
-    check(any(line.strip() for line in lines), f"{key} has no text: it is empty or blank")
+    require(any(line.strip() for line in lines), f"{key} has no text: it is empty or blank")
     n = len(lines)
     a, b = int(n * 0.9), int(n * 0.95)
     if n < 20:  # too short to split: use everything everywhere, so tiny files still work
@@ -238,7 +238,7 @@ def _indent(line: str) -> int:
 def word_token_share(lines: list[str], tokenizer) -> float:
     """Share of a text's tokens that are words or pieces of words (letters only), not symbols or digits."""
     ids = [i for line in lines if line.strip() for i in tokenizer(line, add_special_tokens=False)["input_ids"]]
-    check(bool(ids), "no text to count tokens in")
+    require(bool(ids), "no text to count tokens in")
     pieces = tokenizer.convert_ids_to_tokens(ids)
     words = sum(bare(piece).isalpha() for piece in pieces)
     return words / len(pieces)
@@ -258,9 +258,9 @@ def _wikitext_from_hub(config: str) -> dict[str, list[str]]:
 
 def get_split(corpus: dict[str, list[str]], split: str) -> list[str]:
     """One split's lines, with a clear error if it is missing or empty."""
-    check(split in corpus, f"the corpus has no {split!r} split (it has: {', '.join(corpus)})")
+    require(split in corpus, f"the corpus has no {split!r} split (it has: {', '.join(corpus)})")
     lines = corpus[split]
-    check(any(line.strip() for line in lines), f"the {split!r} split is empty")
+    require(any(line.strip() for line in lines), f"the {split!r} split is empty")
     return lines
 
 
@@ -295,13 +295,13 @@ def _content_tokens(lines: list[str], tokenizer) -> tuple[list[list[int]], list[
 
 def make_examples(lines: list[str], tokenizer, max_length: int = 128, mode: str = "lines") -> Examples:
     """Tokenize lines into (N, max_length) blocks: ``lines`` (pad/truncate) or ``packed`` (full blocks)."""
-    check(mode in EXAMPLE_MODES, f"unknown example mode {mode!r}: use one of {', '.join(EXAMPLE_MODES)}")
-    check(max_length >= 4, f"max_length must be at least 4, got {max_length}")
+    require(mode in EXAMPLE_MODES, f"unknown example mode {mode!r}: use one of {', '.join(EXAMPLE_MODES)}")
+    require(max_length >= 4, f"max_length must be at least 4, got {max_length}")
     ids_per_line, chars_per_line = _content_tokens(lines, tokenizer)
-    check(bool(ids_per_line), "no text to make examples from: every line is empty")
+    require(bool(ids_per_line), "no text to make examples from: every line is empty")
     bos, eos = boundary_ids(tokenizer)
     pad = tokenizer.pad_token_id
-    check(None not in (bos, eos, pad), "the tokenizer needs begin, end and padding tokens")
+    require(None not in (bos, eos, pad), "the tokenizer needs begin, end and padding tokens")
     body = max_length - 2  # room for the begin and end tokens
     if mode == "lines":
         n = len(ids_per_line)
@@ -320,7 +320,7 @@ def make_examples(lines: list[str], tokenizer, max_length: int = 128, mode: str 
     starts = np.cumsum([0] + [len(ids) for ids in ids_per_line[:-1]])
     flat_chars[starts[1:]] += 1
     num_blocks = len(flat_ids) // body
-    check(num_blocks > 0, f"the text has {len(flat_ids)} tokens, fewer than one block of {body}")
+    require(num_blocks > 0, f"the text has {len(flat_ids)} tokens, fewer than one block of {body}")
     blocks = torch.from_numpy(flat_ids[: num_blocks * body].reshape(num_blocks, body))
     input_ids = torch.cat(
         [torch.full((num_blocks, 1), bos), blocks, torch.full((num_blocks, 1), eos)], dim=1

@@ -13,7 +13,7 @@ class UserError(Exception):
     """A problem the user can fix; the message says what to do."""
 
 
-def check(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
     """Raise `UserError(message)` unless `condition` holds."""
     if not condition:
         raise UserError(message)

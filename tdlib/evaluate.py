@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.masking import IGNORE_INDEX, ORIGINAL_RATIOS, check_ratios
 
 if TYPE_CHECKING:
@@ -44,11 +44,11 @@ LN2 = math.log(2.0)  # nats per bit
 
 
 def _check_inputs(x0: torch.Tensor, scorable: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-    check(x0.dim() == 2, f"x0 must have shape (B, L), got {tuple(x0.shape)}")
-    check(scorable.shape == x0.shape, f"scorable {tuple(scorable.shape)} must match x0 {tuple(x0.shape)}")
-    check(scorable.dtype == torch.bool, "scorable must be a bool tensor")
+    require(x0.dim() == 2, f"x0 must have shape (B, L), got {tuple(x0.shape)}")
+    require(scorable.shape == x0.shape, f"scorable {tuple(scorable.shape)} must match x0 {tuple(x0.shape)}")
+    require(scorable.dtype == torch.bool, "scorable must be a bool tensor")
     if attention_mask is not None:
-        check(attention_mask.shape == x0.shape, "attention_mask must have the shape of x0")
+        require(attention_mask.shape == x0.shape, "attention_mask must have the shape of x0")
 
 
 def _fixed_scores(x0: torch.Tensor, scorable: torch.Tensor, seed: int) -> torch.Tensor:
@@ -96,7 +96,7 @@ def _ce_at_ratios(
     desc: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence sums of masked CE and masked counts at each ratio, both (N, K)."""
-    check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     scores = _fixed_scores(x0, scorable, seed)  # (N, L)
     n = x0.shape[0]
     ce_sum = torch.zeros(n, len(ratios), dtype=torch.float64)
@@ -250,9 +250,9 @@ def nelbo(
     difference is less noisy than their two standard errors suggest.
     """
     _check_inputs(x0, scorable, attention_mask)
-    check(num_characters > 0, f"num_characters must be positive, got {num_characters}")
-    check(samples_per_sequence >= 1, f"samples_per_sequence must be >= 1, got {samples_per_sequence}")
-    check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    require(num_characters > 0, f"num_characters must be positive, got {num_characters}")
+    require(samples_per_sequence >= 1, f"samples_per_sequence must be >= 1, got {samples_per_sequence}")
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     draws = int(samples_per_sequence)
     n = scorable.sum(-1).cpu()  # (N,) scorable tokens per sequence
     k, rank = _nelbo_draws(scorable, n, draws, seed)  # (R, N), (R, N, L)
@@ -335,7 +335,7 @@ def discrete_bound(
     token at each level, from the same forward passes).
     """
     _check_inputs(x0, scorable, attention_mask)
-    check(num_characters > 0, f"num_characters must be positive, got {num_characters}")
+    require(num_characters > 0, f"num_characters must be positive, got {num_characters}")
     levels = sorted(set(check_ratios(ratios, distinct=True)) | {1.0}, reverse=True)  # 1 = t_1 > ... > t_K
     ce_sum, count = _ce_at_ratios(
         denoiser, x0, scorable, levels, mask_id=mask_id, seed=seed, batch_size=batch_size,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from tdlib.errors import check
+from tdlib.errors import require
 
 HEAD_INITS = ("random", "unigram", "identity")
 HEAD_MODULES = (  # each family's LM head, the modules applied in turn to the body's hidden states (B, L, H)
@@ -168,7 +168,7 @@ def set_dropout(model, p: float) -> int:
     models); a run of a few hundred steps sees its training text once or a few times, so there is
     little to regularise and the noise only slows learning. Returns the number of dropout modules changed.
     """
-    check(0.0 <= p < 1.0, f"--dropout must be in [0, 1), got {p}")
+    require(0.0 <= p < 1.0, f"--dropout must be in [0, 1), got {p}")
     changed = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
@@ -193,7 +193,7 @@ def freeze_bottom(model, embeddings: bool = True, layers: int = 0) -> int:
     blocks = next((m for m in base.modules() if isinstance(m, torch.nn.ModuleList)
                    and len(m) == getattr(model.config, "num_hidden_layers", -1)), None)
     depth = len(blocks) if blocks is not None else 0
-    check(0 <= layers <= depth, f"--freeze-layers must be in 0 .. {depth} for this model, got {layers}")
+    require(0 <= layers <= depth, f"--freeze-layers must be in 0 .. {depth} for this model, got {layers}")
     parts = list(blocks[:layers]) if layers else []
     if embeddings:
         parts.append(model.get_input_embeddings())

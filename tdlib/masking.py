@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from tdlib.errors import check
+from tdlib.errors import require
 
 if TYPE_CHECKING:
     from tdlib.data import Examples
@@ -30,10 +30,10 @@ IGNORE_INDEX = -100  # the label of a position no loss scores
 def check_ratios(ratios: Sequence[float], distinct: bool = False) -> tuple[float, ...]:
     """Validate mask ratios: a non-empty list, each in (0, 1] (and, if asked, no two equal)."""
     ratios = tuple(float(r) for r in ratios)
-    check(len(ratios) > 0, "give at least one mask ratio")
+    require(len(ratios) > 0, "give at least one mask ratio")
     for r in ratios:
-        check(0.0 < r <= 1.0, f"mask ratio {r} is outside (0, 1]; ratios are fractions such as 0.5")
-    check(not distinct or len(set(ratios)) == len(ratios), f"mask ratios must be distinct, got {list(ratios)}")
+        require(0.0 < r <= 1.0, f"mask ratio {r} is outside (0, 1]; ratios are fractions such as 0.5")
+    require(not distinct or len(set(ratios)) == len(ratios), f"mask ratios must be distinct, got {list(ratios)}")
     return ratios
 
 
@@ -42,7 +42,7 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        check(False, f"--mask-ratios must be comma-separated numbers such as 1.0,0.5,0.1, got {text!r}")
+        require(False, f"--mask-ratios must be comma-separated numbers such as 1.0,0.5,0.1, got {text!r}")
     return check_ratios(values)
 
 
@@ -111,9 +111,9 @@ class MaskingCollator:
         eps: float = 1e-3,
         seed: int | None = None,
     ):
-        check(mode in MASKING_MODES, f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
-        check(prefix_length >= 0, f"prefix length must be >= 0, got {prefix_length}")
-        check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
+        require(mode in MASKING_MODES, f"unknown masking mode {mode!r}: use one of {', '.join(MASKING_MODES)}")
+        require(prefix_length >= 0, f"prefix length must be >= 0, got {prefix_length}")
+        require(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
         self.tokenizer = tokenizer
         self.ratios = torch.tensor(check_ratios(ratios))
         self.mode = mode

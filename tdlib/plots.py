@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib import cm, colors
 from matplotlib.figure import Figure
 
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.runlog import eval_records, read_metrics, train_records
 
 
@@ -149,8 +149,8 @@ def schedule_figure(schedules: Sequence[str], num_steps: int, num_masked: int) -
     """Fraction still masked after each step (left) and tokens revealed per step (right)."""
     from tdlib.schedules import masked_counts
 
-    check(num_steps >= 1, f"num_steps must be at least 1, got {num_steps}")
-    check(num_masked >= 0, f"num_masked must be non-negative, got {num_masked}")
+    require(num_steps >= 1, f"num_steps must be at least 1, got {num_steps}")
+    require(num_masked >= 0, f"num_masked must be non-negative, got {num_masked}")
     fig = Figure(figsize=(11, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
     width = 0.8 / max(len(schedules), 1)
@@ -340,10 +340,10 @@ def process_figure(
     """
     tokens = list(tokens)
     steps = [list(step) for step in reverse_steps]
-    check(len(tokens) >= 1 and len(mask_scores) == len(tokens),
+    require(len(tokens) >= 1 and len(mask_scores) == len(tokens),
           f"need one mask score per token: {len(tokens)} tokens, {len(mask_scores)} scores")
-    check(len(steps) >= 2, "reverse_steps needs at least the initial canvas and one step after it")
-    check(all(len(step) == len(steps[0]) for step in steps), "every reverse step must have the same length")
+    require(len(steps) >= 2, "reverse_steps needs at least the initial canvas and one step after it")
+    require(all(len(step) == len(steps[0]) for step in steps), "every reverse step must have the same length")
     longest = max(len(w) for w in [*tokens, *(w for step in steps for w in step if w is not None)])
     width = max(1.0, 0.2 * longest + 0.5)  # one column per position, wide enough for the longest word
     forward = []

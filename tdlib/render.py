@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.pieces import Piece, token_pieces
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def _numpy(x) -> np.ndarray:
 
 def _arrays(trajectory) -> _Arrays:
     tokens = _numpy(trajectory.tokens).astype(np.int64)
-    check(tokens.ndim == 3, f"trajectory.tokens must be (S+1, B, L), got shape {tokens.shape}")
+    require(tokens.ndim == 3, f"trajectory.tokens must be (S+1, B, L), got shape {tokens.shape}")
     probs = getattr(trajectory, "probs", None)
     given = getattr(trajectory, "given", None)
     return _Arrays(
@@ -176,7 +176,7 @@ def _samples(arrays: _Arrays, sample: int | None, max_samples: int) -> list[int]
     batch = arrays.tokens.shape[1]
     if sample is None:
         return list(range(min(batch, max_samples)))
-    check(
+    require(
         0 <= sample < batch, f"sample {sample} is out of range; the trajectory has {batch} samples"
     )
     return [sample]
@@ -258,7 +258,7 @@ def render_step_html(
 ) -> str:
     """HTML of the canvas after `step`: masks, tokens revealed now (shaded by p), earlier and given ones."""
     arrays = _arrays(trajectory)
-    check(0 <= step <= arrays.num_steps, f"step {step} is outside 0..{arrays.num_steps}")
+    require(0 <= step <= arrays.num_steps, f"step {step} is outside 0..{arrays.num_steps}")
     tokens = arrays.tokens[step]  # (B, L)
     revealed = arrays.revealed[step]  # (B, L)
     probs = arrays.probs[step]  # (B, L)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from tdlib.checkpoint import atomic_write_text
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 
 METRICS_FILE = "metrics.jsonl"  # a run directory's metrics log, one JSON record per line
 
@@ -71,7 +71,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
-    check(path.is_file(), f"no metrics file at {path}; pass a run directory or its {METRICS_FILE}")
+    require(path.is_file(), f"no metrics file at {path}; pass a run directory or its {METRICS_FILE}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:

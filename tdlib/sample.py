@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from tdlib.draws import SAMPLINGS
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.schedules import SCHEDULES, block_plan, step_targets
 from tdlib.strategies import ADAPTIVE, REMASKING, REVEAL, SPACED, STRATEGIES, Run, hide, resample
 
@@ -94,29 +94,29 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         """Raise `UserError` with a helpful one-line message for any invalid option."""
-        check(self.num_steps >= 1, f"--steps must be at least 1, got {self.num_steps}")
+        require(self.num_steps >= 1, f"--steps must be at least 1, got {self.num_steps}")
         for name, value, known in (("schedule", self.schedule, SCHEDULES),
                                    ("strategy", self.strategy, STRATEGIES),
                                    ("sampling", self.sampling, SAMPLINGS)):
-            check(value in known, f"unknown {name} {value!r}; choose one of {', '.join(known)}")
+            require(value in known, f"unknown {name} {value!r}; choose one of {', '.join(known)}")
         t = self.temperature
-        check(t > 0 and math.isfinite(t),
+        require(t > 0 and math.isfinite(t),
               f"--temperature must be > 0, got {t}; use --sampling greedy for temperature 0")
-        check(self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
-        check(0 < self.top_p <= 1,
+        require(self.top_k >= 1, f"--top-k must be at least 1, got {self.top_k}")
+        require(0 < self.top_p <= 1,
               f"--top-p must be in (0, 1], got {self.top_p}; 1 keeps the whole distribution")
-        check(0 < self.threshold <= 1, f"--threshold must be in (0, 1], got {self.threshold}; "
+        require(0 < self.threshold <= 1, f"--threshold must be in (0, 1], got {self.threshold}; "
                                        "1 reveals one token per pass")
         bound = self.entropy_bound
-        check(bound >= 0 and math.isfinite(bound),
+        require(bound >= 0 and math.isfinite(bound),
               f"--entropy-bound must be a finite number of nats >= 0, got {bound}; "
               "0 reveals one token per pass")
-        check(0 <= self.remask_eta <= 1, f"--remask-eta must be in [0, 1], got {self.remask_eta}; "
+        require(0 <= self.remask_eta <= 1, f"--remask-eta must be in [0, 1], got {self.remask_eta}; "
                                          "0 never hides a token")
-        check(self.block_length is None or self.block_length >= 1,
+        require(self.block_length is None or self.block_length >= 1,
               f"--block-length must be at least 1, got {self.block_length}")
-        check(self.min_gap >= 0, f"--min-gap must be at least 0, got {self.min_gap}")
-        check(self.min_gap <= 1 or self.strategy in SPACED,
+        require(self.min_gap >= 0, f"--min-gap must be at least 0, got {self.min_gap}")
+        require(self.min_gap <= 1 or self.strategy in SPACED,
               f"--min-gap spaces the strategies that rank positions ({', '.join(SPACED)}), "
               f"not {self.strategy}")
 

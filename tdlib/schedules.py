@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 
 SCHEDULES = ("linear", "cosine", "exponential")
 EXPONENTIAL_K = 5.0  # rate k of the exponential schedule
@@ -85,7 +85,7 @@ def block_plan(
     used = generated.any(0).nonzero()[:, 0]
     first, last = (int(used[0]), int(used[-1])) if len(used) else (0, length - 1)
     num_blocks = (last - first) // block_length + 1
-    check(
+    require(
         num_steps >= num_blocks,
         f"{num_blocks} blocks of {block_length} need at least {num_blocks} steps, got {num_steps}",
     )

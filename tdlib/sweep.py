@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from tdlib.canvas import build_canvas, generate
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 from tdlib.metrics import generative_perplexity, sample_metrics, unigram_entropy
 from tdlib.sample import SamplerConfig, sampler_config
 from tdlib.strategies import STRATEGIES
@@ -99,8 +99,8 @@ def quality_vs_steps(
     """
     from tqdm.auto import tqdm
 
-    check(bool(steps) and all(s >= 1 for s in steps), f"steps must be a non-empty list of values >= 1, got {steps}")
-    check(bool(strategies) and bool(schedules), "give at least one strategy and one schedule")
+    require(bool(steps) and all(s >= 1 for s in steps), f"steps must be a non-empty list of values >= 1, got {steps}")
+    require(bool(strategies) and bool(schedules), "give at least one strategy and one schedule")
     config = sampler_config(config or SamplerConfig(sampling="nucleus"), **options)
     for strategy in strategies:  # every cell's options are checked before the first one runs
         for schedule in schedules:

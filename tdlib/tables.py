@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tdlib import draws
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.pieces import candidate_label
 from tdlib.render import FONT, themed
 from tdlib.sample import SamplerConfig, sampler_config
@@ -74,7 +74,7 @@ def as_logits(logits_or_probs: torch.Tensor | np.ndarray, kind: str = "auto") ->
     if hasattr(values, "detach"):
         values = values.detach().cpu()
     values = torch.as_tensor(np.asarray(values), dtype=torch.float64).reshape(-1)  # (V,)
-    check(kind in ("auto", "logits", "probs"), f"kind must be auto, logits or probs, got {kind!r}")
+    require(kind in ("auto", "logits", "probs"), f"kind must be auto, logits or probs, got {kind!r}")
     if kind == "auto":
         is_probs = bool(
             (values >= 0).all() and (values <= 1).all() and abs(float(values.sum()) - 1) < 1e-3

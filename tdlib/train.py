@@ -46,7 +46,7 @@ from tdlib.checkpoint import (
 )
 from tdlib.config import PRESETS, TrainConfig, preset  # noqa: F401 (PRESETS: callers import it from here)
 from tdlib.data import Examples, get_split, load_corpus, make_examples
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 from tdlib.heads import init_head, param_groups, set_dropout
 from tdlib.masking import content_ids
 from tdlib.model import autocast, load_checkpoint, max_sequence_length, save_model, uses_bf16
@@ -108,7 +108,7 @@ class _Run:
         self.is_main = accelerator.is_main_process
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
         self.micro = config.batch_size // config.grad_accum  # examples per micro-batch, over all processes
-        check(self.micro % self.world == 0, f"--batch-size {config.batch_size} must split evenly over {self.world} "
+        require(self.micro % self.world == 0, f"--batch-size {config.batch_size} must split evenly over {self.world} "
                                             f"processes and {config.grad_accum} accumulation steps")
         self.step, self.loss, self.save_now, self.lr_elapsed_s = start_step, None, False, 0.0
         self.total_steps: float = 0
@@ -296,9 +296,9 @@ def _finish(run: _Run, stopper: Callback | None, last_eval: dict | None, objecti
 
 def _check_fits(model, tokenizer, max_length: int) -> None:
     """Check that the network can denoise (its tokenizer has a mask token) and read examples this long."""
-    check(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
+    require(tokenizer.mask_token_id is not None, "the tokenizer has no mask token")
     limit = max_sequence_length(model)
-    check(limit is None or max_length <= limit, f"--max-length {max_length} is longer than the model's {limit} "
+    require(limit is None or max_length <= limit, f"--max-length {max_length} is longer than the model's {limit} "
           f"positions; use --max-length {limit} or less")
 
 

@@ -45,13 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train (or reuse) the preset's model, generate with the denoising shown, and grade the toy model exactly."""
     from tdlib.cli import build_parser
-    from tdlib.errors import check
+    from tdlib.errors import require
     from tdlib.train import preset, train
 
     # check the generation flags before minutes of training, not after
-    check(args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}")
-    check(args.steps is None or args.steps >= 1, f"--steps must be at least 1, got {args.steps}")
-    check(args.max_length is None or args.max_length >= 3, f"--max-length must be at least 3, got {args.max_length}")
+    require(args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}")
+    require(args.steps is None or args.steps >= 1, f"--steps must be at least 1, got {args.steps}")
+    require(args.max_length is None or args.max_length >= 3, f"--max-length must be at least 3, got {args.max_length}")
     out = Path(args.output_dir or f"runs/demo-{args.preset}")
     config = preset(args.preset, output_dir=str(out))
     last_eval = None

@@ -18,7 +18,7 @@ import time
 from tdlib.checkpoint import resolve_checkpoint, training_config
 from tdlib.cli import seed_value
 from tdlib.data import EXAMPLE_MODES, SPLITS, TOY, get_split, load_corpus, make_examples
-from tdlib.errors import check
+from tdlib.errors import require
 from tdlib.evaluate import discrete_bound, nelbo
 from tdlib.masking import ORIGINAL_RATIOS, protected_positions
 from tdlib.model import as_denoiser, load_checkpoint, max_sequence_length
@@ -71,9 +71,9 @@ def _true_bits_per_char(dataset: str, examples) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     """Score a checkpoint on a corpus split; print a report or JSON."""
-    check(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
-    check(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
-    check(args.max_characters is None or args.max_characters >= 1, "--max-characters must be >= 1")
+    require(args.samples >= 1, f"--samples must be >= 1, got {args.samples}")
+    require(args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}")
+    require(args.max_characters is None or args.max_characters >= 1, "--max-characters must be >= 1")
     model_dir = resolve_checkpoint(args.checkpoint)
     trained = training_config(model_dir)
     dataset = args.dataset or trained.get("dataset") or "pydoc"
@@ -81,11 +81,11 @@ def run(args: argparse.Namespace) -> int:
     max_length = args.max_length or trained.get("max_length") or 128
     mode = args.mode or trained.get("example_mode") or "lines"
 
-    check(max_length >= 4, f"--max-length must be at least 4, got {max_length}")
+    require(max_length >= 4, f"--max-length must be at least 4, got {max_length}")
     model, tokenizer = load_checkpoint(model_dir)
-    check(tokenizer.mask_token_id is not None, f"the tokenizer in {model_dir} has no mask token; is it a masked LM?")
+    require(tokenizer.mask_token_id is not None, f"the tokenizer in {model_dir} has no mask token; is it a masked LM?")
     limit = max_sequence_length(model)
-    check(limit is None or max_length <= limit, f"--max-length {max_length} exceeds the model's {limit} positions")
+    require(limit is None or max_length <= limit, f"--max-length {max_length} exceeds the model's {limit} positions")
     corpus = load_corpus(dataset, data_dir, num_words=max_length - 2)  # a generated toy line fills the canvas
     lines = _first_characters(get_split(corpus, args.split), args.max_characters)
     examples = make_examples(lines, tokenizer, max_length, mode)

@@ -23,7 +23,7 @@ from pathlib import Path
 from tdlib import render
 from tdlib.canvas import generate
 from tdlib.cli import seed_value
-from tdlib.errors import UserError, check
+from tdlib.errors import UserError, require
 from tdlib.sample import SamplerConfig, Trajectory
 
 ANIMATION_TYPES = (".html", ".gif")
@@ -77,14 +77,14 @@ def _write_animation(trajectory: Trajectory, tokenizer, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     """Generate and print; returns the exit status."""
     config = SamplerConfig(**{option.name: getattr(args, option.name) for option in fields(SamplerConfig)})
-    check(args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}")
-    check(args.max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {args.max_length}")
+    require(args.num_samples >= 1, f"--num-samples must be at least 1, got {args.num_samples}")
+    require(args.max_length >= 3, f"--max-length must be at least 3 (start, one token, end), got {args.max_length}")
     animation = Path(args.animation) if args.animation else None
-    check(
+    require(
         animation is None or animation.suffix.lower() in ANIMATION_TYPES,
         f"--animation {args.animation}: the file name must end in .html or .gif",
     )
-    check(
+    require(
         animation is None or animation.parent.is_dir(),
         f"--animation {args.animation}: folder {animation.parent if animation else ''} does not exist",
     )

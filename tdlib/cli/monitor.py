@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tdlib import runlog
-from tdlib.errors import check
+from tdlib.errors import require
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +96,7 @@ def read_records(run_dir: Path) -> list[dict]:
     """The run's metrics records; a file that is not tdlib metrics is a `UserError`, not a crash."""
     records = runlog.read_metrics(run_dir)
     for number, record in enumerate(records, start=1):
-        check(_is_record(record), f"record {number} of the metrics of {run_dir} is not a tdlib metrics record: "
+        require(_is_record(record), f"record {number} of the metrics of {run_dir} is not a tdlib metrics record: "
                                   f"{json.dumps(record)[:80]}")
     return records
 
@@ -104,10 +104,10 @@ def read_records(run_dir: Path) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     """Print the summary (repeatedly with --follow) and write the plot if asked."""
     run_dir = Path(args.run_dir)
-    check(run_dir.exists(), f"{run_dir} does not exist; pass the --output-dir of a training run")
-    check(args.interval > 0, "--interval must be > 0")
+    require(run_dir.exists(), f"{run_dir} does not exist; pass the --output-dir of a training run")
+    require(args.interval > 0, "--interval must be > 0")
     if args.plot:
-        check(args.plot.lower().endswith(".png"), f"--plot needs a .png file name, got {args.plot!r}")
+        require(args.plot.lower().endswith(".png"), f"--plot needs a .png file name, got {args.plot!r}")
     while True:
         if args.follow and not (run_dir / runlog.METRICS_FILE).exists():
             print("waiting for the run to write metrics.jsonl ...", flush=True)
