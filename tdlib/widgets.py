@@ -40,11 +40,16 @@ from tdlib.schedules import SCHEDULES
 SNAPSHOT_CAPTION = "static snapshot of the widget above (what it shows now; visible without a running kernel)"
 
 
+def snapshot_html(snapshot: str) -> str:
+    """A widget's static HTML snapshot under the caption that says what it is, in the theme's colours."""
+    caption = f'<div style="{render.themed(2, "#777")}font-size:85%;margin-top:4px">{SNAPSHOT_CAPTION}</div>'
+    return caption + snapshot
+
+
 def _show(widget, snapshot: str) -> None:
     """Display a live widget and, under it, its static HTML snapshot."""
     display(widget)
-    caption = f'<div style="{render.themed(2, "#777")}font-size:85%;margin-top:4px">{SNAPSHOT_CAPTION}</div>'
-    display(HTML(caption + snapshot))
+    display(HTML(snapshot_html(snapshot)))
 
 
 # ---------------------------------------------------------------- trajectories
