@@ -222,6 +222,17 @@ def jupyterlab_dark(sync_api, tmp_path):
         yield url
 
 
+@pytest.fixture
+def browser(sync_api):
+    """Debian's chromium, driven by playwright; closed after the test."""
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def _open_demo(browser, jupyterlab: str):
     """Open the demo notebook in JupyterLab and wait for its kernel; returns the page."""
     page = browser.new_page()
@@ -245,59 +256,49 @@ def _run_demo_cell(browser, jupyterlab: str, index: int):
     return page
 
 
-def test_play_advances_the_scrubber_in_jupyterlab(sync_api, jupyterlab):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = _run_demo_cell(browser, jupyterlab, 0)
-            readout = page.locator(".widget-readout").first
-            readout.wait_for()
-            assert readout.inner_text().strip() == "0"
-            frame = page.locator(".widget-html-content .td-frame").first
-            assert "step 0 / 4" in frame.inner_text()
-            page.locator(".widget-play button").first.click()
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.widget-html-content .td-head')]"
-                ".some(e => /step [1-4] \\/ 4/.test(e.textContent))"
-            )
-            assert int(readout.inner_text()) >= 1
-            assert (
-                page.locator(".jp-OutputArea-output .td-frame").count() >= 1
-            )  # the static final frame
-        finally:
-            browser.close()
+def test_play_advances_the_scrubber_in_jupyterlab(browser, jupyterlab):
+    page = _run_demo_cell(browser, jupyterlab, 0)
+    readout = page.locator(".widget-readout").first
+    readout.wait_for()
+    assert readout.inner_text().strip() == "0"
+    frame = page.locator(".widget-html-content .td-frame").first
+    assert "step 0 / 4" in frame.inner_text()
+    page.locator(".widget-play button").first.click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.widget-html-content .td-head')]"
+        ".some(e => /step [1-4] \\/ 4/.test(e.textContent))"
+    )
+    assert int(readout.inner_text()) >= 1
+    assert (
+        page.locator(".jp-OutputArea-output .td-frame").count() >= 1
+    )  # the static final frame
 
 
 # the step headers of the live panes (not the static snapshot) in the second code cell
 PANE_HEADS = "document.querySelectorAll('.jp-CodeCell')[1].querySelectorAll('.widget-html-content .td-head')"
 
 
-def test_play_advances_both_panes_of_the_compare_scrubber(sync_api, jupyterlab):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = _run_demo_cell(browser, jupyterlab, 1)  # the second cell only
-            cell = page.locator(".jp-CodeCell").nth(1)
-            readout = cell.locator(".widget-readout").first
-            readout.wait_for()
-            assert readout.inner_text().strip() == "0"
-            page.wait_for_function(f"() => {PANE_HEADS}.length === 2")
-            panes = cell.locator(".widget-html-content .td-frame")
-            assert panes.count() == 2
-            before = [panes.nth(i).inner_text() for i in range(2)]
-            assert all("step 0 / 4" in text for text in before)
-            cell.locator(".widget-play button").first.click()
-            page.wait_for_function(
-                f"() => [...{PANE_HEADS}].every(e => /step [1-4] \\/ 4/.test(e.textContent))"
-            )
-            assert int(readout.inner_text()) >= 1
-            after = [panes.nth(i).inner_text() for i in range(2)]
-            assert after[0] != before[0] and after[1] != before[1]  # both panes moved on
-            assert after[0] != after[1]  # two different runs, side by side
-            # the static snapshot: both runs side by side in one table
-            assert cell.locator(".jp-OutputArea-output table .td-frame").count() == 2
-        finally:
-            browser.close()
+def test_play_advances_both_panes_of_the_compare_scrubber(browser, jupyterlab):
+    page = _run_demo_cell(browser, jupyterlab, 1)  # the second cell only
+    cell = page.locator(".jp-CodeCell").nth(1)
+    readout = cell.locator(".widget-readout").first
+    readout.wait_for()
+    assert readout.inner_text().strip() == "0"
+    page.wait_for_function(f"() => {PANE_HEADS}.length === 2")
+    panes = cell.locator(".widget-html-content .td-frame")
+    assert panes.count() == 2
+    before = [panes.nth(i).inner_text() for i in range(2)]
+    assert all("step 0 / 4" in text for text in before)
+    cell.locator(".widget-play button").first.click()
+    page.wait_for_function(
+        f"() => [...{PANE_HEADS}].every(e => /step [1-4] \\/ 4/.test(e.textContent))"
+    )
+    assert int(readout.inner_text()) >= 1
+    after = [panes.nth(i).inner_text() for i in range(2)]
+    assert after[0] != before[0] and after[1] != before[1]  # both panes moved on
+    assert after[0] != after[1]  # two different runs, side by side
+    # the static snapshot: both runs side by side in one table
+    assert cell.locator(".jp-OutputArea-output table .td-frame").count() == 2
 
 
 def _halfway_contrasts(page) -> list[dict]:
@@ -322,27 +323,17 @@ def _check_contrasts(contrasts: list[dict]) -> None:
     assert not low, low
 
 
-def test_words_contrast_with_their_background_in_the_light_theme(sync_api, jupyterlab):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = _open_demo(browser, jupyterlab)
-            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
-            _check_contrasts(_halfway_contrasts(page))
-        finally:
-            browser.close()
+def test_words_contrast_with_their_background_in_the_light_theme(browser, jupyterlab):
+    page = _open_demo(browser, jupyterlab)
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
+    _check_contrasts(_halfway_contrasts(page))
 
 
-def test_words_contrast_with_their_background_in_the_dark_theme(sync_api, jupyterlab_dark):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = _open_demo(browser, jupyterlab_dark)
-            page.wait_for_function(f"() => document.body.dataset.jpThemeName === '{DARK_THEME}'")
-            assert page.evaluate("document.body.dataset.jpThemeLight") == "false"
-            contrasts = _halfway_contrasts(page)
-            _check_contrasts(contrasts)
-            revealed = [c for c in contrasts if c["cls"].endswith(("td-new", "td-old"))]
-            assert all(c["color"] == "rgb(255, 255, 255)" for c in revealed)  # the dark theme's text colour
-        finally:
-            browser.close()
+def test_words_contrast_with_their_background_in_the_dark_theme(browser, jupyterlab_dark):
+    page = _open_demo(browser, jupyterlab_dark)
+    page.wait_for_function(f"() => document.body.dataset.jpThemeName === '{DARK_THEME}'")
+    assert page.evaluate("document.body.dataset.jpThemeLight") == "false"
+    contrasts = _halfway_contrasts(page)
+    _check_contrasts(contrasts)
+    revealed = [c for c in contrasts if c["cls"].endswith(("td-new", "td-old"))]
+    assert all(c["color"] == "rgb(255, 255, 255)" for c in revealed)  # the dark theme's text colour
